@@ -1,0 +1,215 @@
+"""Prefect Blocks that hold every service's configuration.
+
+Register them with ``prefect block register -m aether_prefect.blocks`` (or
+``aether-prefect blocks register``); edit them in the Prefect UI.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect.blocks.core import Block
+from prefect.types import SecretDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from aether_prefect.budgets import LLMBudget
+
+_DOCS = "https://github.com/aether-prefect/aether-prefect#configuration"
+_LOGO = "https://raw.githubusercontent.com/aether-prefect/aether-prefect/main/docs/logo.png"
+
+_NAME_RE = r"^[A-Za-z0-9_.-]+$"
+
+
+class AetherLLMProfile(Block):
+    """One OpenAI-compatible LLM endpoint: OpenAI, Azure OpenAI, Ollama, vLLM, LM Studio, OpenRouter."""
+
+    _block_type_name = "Aether LLM Profile"
+    _block_type_slug = "aether-llm-profile"
+    _logo_url = _LOGO
+    _documentation_url = _DOCS
+    _description = "An OpenAI-compatible LLM endpoint used by context.llm(profile) in aether-prefect tasks."
+    _code_example = """
+```python
+from aether_prefect.blocks import AetherLLMProfile
+
+profile = AetherLLMProfile.load("BLOCK_NAME")
+```
+"""
+
+    provider: str = Field(
+        default="openai",
+        description="Provider kind: 'openai' for any OpenAI-compatible API, or 'azure' for Azure OpenAI.",
+    )
+    model: str | None = Field(default=None, description="Chat model (for Azure: the deployment name).")
+    base_url: str | None = Field(
+        default=None,
+        description="Base URL of the API, e.g. https://api.openai.com/v1 or http://localhost:11434/v1.",
+    )
+    api_key: SecretStr | None = Field(default=None, description="API key, kept secret; never logged.")
+    embed_model: str | None = Field(default=None, description="Embedding model used by embed() and RAG.")
+    api_version: str | None = Field(default=None, description="Azure OpenAI api-version query parameter.")
+    timeout_s: float = Field(default=60.0, gt=0, description="Timeout of one HTTP request, in seconds.")
+    max_retries: int = Field(default=3, ge=0, le=20, description="Retries on 429, 5xx and connection errors.")
+    headers: SecretDict | None = Field(default=None, description="Extra HTTP headers sent with every request.")
+    budget_per_task_run: LLMBudget | None = Field(
+        default=None, description="Cap on calls and tokens per task run (across its retry attempts)."
+    )
+    budget_per_flow_run: LLMBudget | None = Field(
+        default=None, description="Cap on calls and tokens per flow run, shared by every task and worker."
+    )
+    log_exchanges: bool = Field(
+        default=False, description="Publish each chat exchange as a markdown artifact, secrets masked."
+    )
+    tag_requests: bool = Field(
+        default=False, description="Send X-Aether-Flow-Run-Id and X-Aether-Task-Run-Id headers with requests."
+    )
+
+    @field_validator("provider")
+    @classmethod
+    def _check_provider(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not v:
+            raise ValueError("provider must not be empty; use 'openai' for any OpenAI-compatible API")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {v!r}")
+        return v.rstrip("/") if v else v
+
+
+class AetherObjectStore(Block):
+    """Where bytes live: a local directory (the default) or an S3-compatible bucket."""
+
+    _block_type_name = "Aether Object Store"
+    _block_type_slug = "aether-object-store"
+    _logo_url = _LOGO
+    _documentation_url = _DOCS
+    _description = "Object store for aether-prefect artifacts, memory, RAG corpora and large KV values."
+    _code_example = """
+```python
+from aether_prefect.blocks import AetherObjectStore
+
+store = AetherObjectStore.load("BLOCK_NAME")
+```
+"""
+
+    backend: Literal["local", "s3"] = Field(default="local", description="'local' for a directory, 's3' for a bucket.")
+    root: str | None = Field(
+        default=None, description="Local directory (backend 'local'); default $PREFECT_HOME/aether."
+    )
+    bucket: str | None = Field(default=None, description="S3 bucket name (backend 's3').")
+    prefix: str = Field(default="aether", description="Key prefix inside the bucket or directory.")
+    endpoint_url: str | None = Field(default=None, description="S3 endpoint URL for MinIO, R2, moto and the like.")
+    region: str | None = Field(default=None, description="S3 region name.")
+    aws_access_key_id: str | None = Field(
+        default=None, description="Access key id; unset falls back to boto3's credential chain."
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, description="Secret access key; unset falls back to boto3's credential chain."
+    )
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if ".." in v.split("/"):
+            raise ValueError("prefix must not contain '..'")
+        return v
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> "AetherObjectStore":
+        if self.backend == "s3" and not self.bucket:
+            raise ValueError("backend 's3' needs a bucket: set AetherObjectStore(bucket='my-bucket', ...)")
+        return self
+
+
+class AetherMCPServer(Block):
+    """How to reach one MCP server: a stdio subprocess or a streamable-HTTP URL."""
+
+    _block_type_name = "Aether MCP Server"
+    _block_type_slug = "aether-mcp-server"
+    _logo_url = _LOGO
+    _documentation_url = _DOCS
+    _description = "An MCP server (stdio command or streamable HTTP URL) used by context.mcp(name)."
+    _code_example = """
+```python
+from aether_prefect.blocks import AetherMCPServer
+
+server = AetherMCPServer.load("BLOCK_NAME")
+```
+"""
+
+    transport: Literal["stdio", "http"] = Field(default="stdio", description="'stdio' or 'http' (streamable HTTP).")
+    command: str | None = Field(default=None, description="Executable to start (stdio).")
+    args: list[str] = Field(default_factory=list, description="Arguments of the command (stdio).")
+    env: SecretDict | None = Field(default=None, description="Extra environment variables for the command (stdio).")
+    cwd: str | None = Field(default=None, description="Working directory of the command (stdio).")
+    url: str | None = Field(default=None, description="Server URL, e.g. http://127.0.0.1:8000/mcp (http).")
+    headers: SecretDict | None = Field(default=None, description="HTTP headers such as Authorization (http).")
+    timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one request, in seconds.")
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> "AetherMCPServer":
+        if self.transport == "stdio" and not self.command:
+            raise ValueError("transport 'stdio' needs a command: AetherMCPServer(command='python', args=[...])")
+        if self.transport == "http" and not self.url:
+            raise ValueError("transport 'http' needs a url: AetherMCPServer(transport='http', url='http://.../mcp')")
+        return self
+
+
+class AetherConfig(Block):
+    """The bundle a task's NodeContext is built from: LLM profiles, object store, MCP servers, KV and memory settings."""
+
+    _block_type_name = "Aether Config"
+    _block_type_slug = "aether-config"
+    _logo_url = _LOGO
+    _documentation_url = _DOCS
+    _description = "Everything aether-prefect services need, by name: pass config='NAME' or set AETHER_PREFECT_CONFIG."
+    _code_example = """
+```python
+from aether_prefect.blocks import AetherConfig
+
+config = AetherConfig.load("BLOCK_NAME")
+```
+"""
+
+    llm: dict[str, AetherLLMProfile] = Field(
+        default_factory=dict, description="LLM profiles by name; 'default' is what context.llm() uses."
+    )
+    store: AetherObjectStore | None = Field(
+        default=None, description="Object store; unset means a local directory under $PREFECT_HOME/aether."
+    )
+    mcp: dict[str, AetherMCPServer] = Field(
+        default_factory=dict, description="MCP servers by name; 'default' is what context.mcp() uses."
+    )
+    kv_namespace: str = Field(default="aether", description="KV namespace: Prefect Variables are prefixed with it.")
+    memory_level: Literal["run", "session", "graph"] = Field(
+        default="run", description="Memory timeline: per run, per session, or per graph (flow name)."
+    )
+
+    @field_validator("kv_namespace")
+    @classmethod
+    def _check_namespace(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", v):
+            raise ValueError(
+                f"kv_namespace {v!r} is not valid: use 1-40 characters of a-z, 0-9 and '-', starting with a letter or digit"
+            )
+        return v
+
+    @field_validator("llm", "mcp")
+    @classmethod
+    def _check_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        import re
+
+        for name in v:
+            if not re.fullmatch(_NAME_RE, name):
+                raise ValueError(f"profile/server name {name!r} is not valid: use letters, digits, '_', '.', '-'")
+        return v
+
+
+__all__ = ["AetherConfig", "AetherLLMProfile", "AetherMCPServer", "AetherObjectStore", "LLMBudget"]

@@ -1,0 +1,329 @@
+"""NodeContext: the per-task-run handle on every service. Nothing else lives here.
+
+Accessors are sync and cheap: services are created on first access and connect
+lazily on first use, so building a context makes no network call.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from aether_prefect._overrides import RuntimeOverrides
+from aether_prefect.blocks import AetherConfig, AetherLLMProfile, AetherMCPServer, AetherObjectStore
+from aether_prefect.budgets import LLMBudget
+from aether_prefect.errors import ServiceNotConfigured
+
+if TYPE_CHECKING:
+    from aether_prefect.services.stores.base import ObjectStore
+
+_log = logging.getLogger("aether_prefect")
+_current: contextvars.ContextVar["NodeContext | None"] = contextvars.ContextVar("aether_node_context", default=None)
+
+_PROVIDER_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "ollama": "http://localhost:11434/v1",
+    "lmstudio": "http://localhost:1234/v1",
+}
+
+
+def current_context() -> "NodeContext":
+    """The NodeContext of the running ``aether_task`` (or open session); LookupError outside one."""
+    ctx = _current.get()
+    if ctx is None:
+        raise LookupError(
+            "no aether-prefect context is active here: call this inside an @aether_task, "
+            "an @aether_flow, or an open_session() block"
+        )
+    return ctx
+
+
+def _set_current(ctx: "NodeContext | None") -> contextvars.Token["NodeContext | None"]:
+    return _current.set(ctx)
+
+
+def _reset_current(token: contextvars.Token["NodeContext | None"]) -> None:
+    try:
+        _current.reset(token)
+    except ValueError:  # token from another context (e.g. closed from another task)
+        _current.set(None)
+
+
+class _RagAccessor:
+    """Lets both ``context.rag.search(...)`` and ``context.rag().search(...)`` work."""
+
+    def __get__(self, ctx: "NodeContext | None", owner: type) -> Any:
+        if ctx is None:
+            return self
+        return ctx._service("rag", lambda: _create("rag", ctx), injected=ctx.overrides.rag)
+
+
+def _create(module: str, ctx: "NodeContext", *args: Any) -> Any:
+    import importlib
+
+    mod = importlib.import_module(f"aether_prefect.services.{module}")
+    return mod.create(ctx, *args)
+
+
+class NodeContext:
+    """A fully wired context for one task run (or one ad-hoc session).
+
+    Ids: ``run_id, graph_id, node_id, session_id, flow_run_id, task_run_id, deployment_id``.
+    Accessors return services whose I/O methods are async; ``service.sync`` is the
+    blocking twin for sync tasks.
+    """
+
+    rag = _RagAccessor()
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        graph_id: str,
+        node_id: str,
+        config: AetherConfig,
+        overrides: RuntimeOverrides | None = None,
+        session_id: str | None = None,
+        flow_run_id: str | None = None,
+        task_run_id: str | None = None,
+        deployment_id: str | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.graph_id = graph_id
+        self.node_id = node_id
+        self.overrides = overrides or RuntimeOverrides()
+        self.session_id = self.overrides.session_id if self.overrides.session_id is not None else session_id
+        self.flow_run_id = flow_run_id
+        self.task_run_id = task_run_id
+        self.deployment_id = deployment_id
+        self._config = config
+        self._services: dict[Any, Any] = {}
+        self._owned: list[Any] = []
+        self._llm_keys: dict[str, AetherLLMProfile] = {}
+        self._closed = False
+
+    # -- identity and settings ------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (
+            f"NodeContext(run_id={self.run_id!r}, graph_id={self.graph_id!r}, node_id={self.node_id!r}, "
+            f"session_id={self.session_id!r}, flow_run_id={self.flow_run_id!r}, task_run_id={self.task_run_id!r})"
+        )
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            "a NodeContext is built inside each task run and cannot be pickled or shipped to another process; "
+            "pass ids or data instead and let @aether_task build a context there"
+        )
+
+    @property
+    def config(self) -> AetherConfig:
+        """The resolved AetherConfig this context was built from."""
+        return self._config
+
+    @property
+    def memory_level(self) -> str:
+        return self.overrides.memory_level or self._config.memory_level
+
+    @property
+    def kv_namespace(self) -> str:
+        return self.overrides.kv_namespace or self._config.kv_namespace
+
+    @property
+    def max_concurrency(self) -> int | None:
+        return self.overrides.max_concurrency
+
+    @property
+    def llm_budget(self) -> LLMBudget | None:
+        """The ``llm_budget=`` override, if any (per task run; profiles carry their own)."""
+        return self.overrides.llm_budget
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def store(self) -> "ObjectStore":
+        """The object store shared by artifacts, memory, RAG and large KV values."""
+        from aether_prefect.services.stores import open_store
+
+        ov = self.overrides.store
+        if ov is not None and not isinstance(ov, AetherObjectStore):
+            return ov  # type: ignore[no-any-return]
+        if isinstance(ov, AetherObjectStore):
+            return open_store(ov)
+        from aether_prefect.config import store_config
+
+        return open_store(store_config(self._config))
+
+    # -- service cache -------------------------------------------------------
+
+    def _service(self, key: Any, factory: Callable[[], Any], *, injected: Any = None) -> Any:
+        if injected is not None:
+            return injected
+        if self._closed:
+            raise RuntimeError(f"{self!r} is closed; open a new session or task run to use services")
+        svc = self._services.get(key)
+        if svc is None:
+            svc = factory()
+            self._services[key] = svc
+            self._owned.append(svc)
+        return svc
+
+    # -- accessors ------------------------------------------------------------
+
+    def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """A LoggerAdapter carrying run/graph/node ids; in a Prefect run its lines reach the UI."""
+        return self._service("logger", lambda: _create("logger", self))
+
+    def artifacts(self) -> Any:
+        """Artifacts: content-addressed bytes in the object store, published as Prefect artifacts."""
+        return self._service("artifacts", lambda: _create("artifacts", self), injected=self.overrides.artifacts)
+
+    def kv(self) -> Any:
+        """Key-value store on Prefect Variables."""
+        return self._service("kv", lambda: _create("kv", self), injected=self.overrides.kv)
+
+    def memory(self) -> Any:
+        """The event log of this run (or session / graph, per ``memory_level``)."""
+        return self._service("memory", lambda: _create("memory", self), injected=self.overrides.memory)
+
+    mem = memory
+
+    def channel(self) -> Any:
+        """Messages to the run log, and questions answered in the Prefect UI."""
+        return self._service("channel", lambda: _create("channel", self), injected=self.overrides.channel)
+
+    def llm_profile(self, profile: str = "default") -> AetherLLMProfile | None:
+        """The profile ``profile`` as this context sees it: llm_set_key > llm= override > config > environment."""
+        if profile in self._llm_keys:
+            return self._llm_keys[profile]
+        ov = self.overrides.llm
+        if isinstance(ov, AetherLLMProfile) and profile == "default":
+            return ov
+        if isinstance(ov, dict) and profile in ov:
+            return ov[profile]  # type: ignore[no-any-return]
+        from aether_prefect.config import llm_profile
+
+        return llm_profile(self._config, profile)
+
+    def llm(self, profile: str = "default", **overrides: Any) -> Any:
+        """An OpenAI-compatible client for ``profile``; ``overrides`` replace profile fields for this call site."""
+        ov = self.overrides.llm
+        if ov is not None and not isinstance(ov, (AetherLLMProfile, dict)):
+            return ov
+        if not isinstance(profile, str) or not profile:
+            raise TypeError(f"profile must be a non-empty str, got {profile!r}")
+        prof = self.llm_profile(profile)
+        if prof is None:
+            configured = sorted(set(self._config.llm) | set(self._llm_keys))
+            raise ServiceNotConfigured(
+                f"LLM profile {profile!r}",
+                block_type="AetherLLMProfile",
+                how=(
+                    f"add it to AetherConfig(llm={{{profile!r}: AetherLLMProfile(model=..., api_key=...)}})"
+                    + (", or set OPENAI_API_KEY (and OPENAI_BASE_URL, AETHER_LLM_MODEL)" if profile == "default" else "")
+                    + f" (configured profiles: {', '.join(configured) or 'none'})"
+                ),
+            )
+        if overrides:
+            unknown = sorted(set(overrides) - set(AetherLLMProfile.model_fields))
+            if unknown:
+                raise TypeError(
+                    f"unknown LLM override {unknown[0]!r}; overridable fields: {', '.join(sorted(AetherLLMProfile.model_fields))}"
+                )
+            data = {k: getattr(prof, k) for k in AetherLLMProfile.model_fields}
+            data.update(overrides)
+            prof = AetherLLMProfile.model_validate(data)
+        key = ("llm", profile, tuple(sorted((k, repr(v)) for k, v in overrides.items())))
+        return self._service(key, lambda: _create("llm", self, profile, prof))
+
+    def llm_set_key(self, provider: str, api_key: str, model: str | None = None, profile: str = "default") -> None:
+        """Use ``api_key`` (and ``model``) for ``profile`` in this context only; nothing is saved."""
+        from pydantic import SecretStr
+
+        if not isinstance(api_key, str) or not api_key:
+            raise TypeError("api_key must be a non-empty str")
+        base = self.llm_profile(profile)
+        data: dict[str, Any] = {k: getattr(base, k) for k in AetherLLMProfile.model_fields} if base else {}
+        provider = provider.strip().lower()
+        if base is None or base.provider != provider:
+            data["base_url"] = _PROVIDER_URLS.get(provider, data.get("base_url"))
+        data.update(provider=provider, api_key=SecretStr(api_key))
+        if model:
+            data["model"] = model
+        self._llm_keys[profile] = AetherLLMProfile.model_validate(data)
+        for key in [k for k in self._services if isinstance(k, tuple) and k[:2] == ("llm", profile)]:
+            self._services.pop(key)  # next llm(profile) builds a client with the new key
+
+    def mcp_servers(self) -> dict[str, AetherMCPServer]:
+        """MCP servers this context can reach, by name: mcp= override > config."""
+        ov = self.overrides.mcp
+        servers = dict(self._config.mcp)
+        if isinstance(ov, AetherMCPServer):
+            servers["default"] = ov
+        elif isinstance(ov, dict):
+            servers.update(ov)
+        return servers
+
+    def mcp(self, name: str = "default") -> Any:
+        """An MCP client for the server configured as ``name``; the session opens on first use."""
+        ov = self.overrides.mcp
+        if ov is not None and not isinstance(ov, (AetherMCPServer, dict)):
+            return ov
+        servers = self.mcp_servers()
+        server = servers.get(name)
+        if server is None:
+            raise ServiceNotConfigured(
+                f"MCP server {name!r}",
+                block_type="AetherMCPServer",
+                how=(
+                    f"add it to AetherConfig(mcp={{{name!r}: AetherMCPServer(command=...) or AetherMCPServer(transport='http', url=...)}})"
+                    f" (configured servers: {', '.join(sorted(servers)) or 'none'})"
+                ),
+            )
+        return self._service(("mcp", name), lambda: _create("mcp", self, name, server))
+
+    def svc(self, name: str) -> Any:
+        """The custom service registered as ``name`` (KeyError if none)."""
+        from aether_prefect.services.base import get_service
+
+        return get_service(name)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        from aether_prefect.services.base import get_service, registered_services
+
+        if name in registered_services():
+            return lambda: get_service(name)
+        raise AttributeError(
+            f"NodeContext has no attribute or service {name!r}; register a custom service with "
+            f"register_context_service({name!r}, service)"
+        )
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        """Close every service this context opened (reverse order); safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        owned, self._owned = self._owned, []
+        self._services.clear()
+        for svc in reversed(owned):
+            close = getattr(svc, "aclose", None)
+            if close is None:
+                continue
+            try:
+                await close()
+            except Exception as exc:  # noqa: BLE001 - closing must reach every service
+                _log.warning("closing %s failed: %s", type(svc).__name__, exc)
+
+    def close(self) -> None:
+        """Blocking twin of :meth:`aclose`."""
+        from aether_prefect._sync import run_sync
+
+        run_sync(self.aclose())

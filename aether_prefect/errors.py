@@ -1,0 +1,79 @@
+"""The typed errors users catch. Every message says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class AetherError(Exception):
+    """Base class of every error raised by aether-prefect (except ServiceNotConfigured)."""
+
+
+class ServiceNotConfigured(RuntimeError):
+    """A service was asked for that has no configuration.
+
+    Raised at the accessor (``context.llm()``, ``context.mcp()``...), never later
+    as a KeyError or a network error.
+    """
+
+    def __init__(self, service: str, *, block_type: str, how: str) -> None:
+        self.service = service
+        self.block_type = block_type
+        super().__init__(f"{service} is not configured. Configure it with a {block_type} block: {how}")
+
+
+class ConfigError(AetherError, ValueError):
+    """A configuration value or a config block reference is invalid or missing."""
+
+
+class ValidationError(AetherError, ValueError):
+    """A public function was given an argument it cannot accept."""
+
+
+class StoreError(AetherError):
+    """The object store failed (unreachable, denied, ...). Nothing was committed."""
+
+
+class IntegrityError(AetherError):
+    """Stored bytes do not match the sha256 recorded for them."""
+
+
+class ArtifactNotFound(AetherError, KeyError):
+    """No artifact with that id or uri exists in the store."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class KVError(AetherError):
+    """A KV operation failed (bad key, bad value, lock not acquired...)."""
+
+
+class AetherMemoryError(AetherError):
+    """A memory operation got bad input (unknown level, non-JSON data...)."""
+
+
+class LLMError(AetherError):
+    """An LLM request failed. ``status`` is the HTTP status when there was one."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+class LLMBudgetExceeded(AetherError):
+    """An LLM call was refused before sending because a budget is spent."""
+
+
+class RAGError(AetherError):
+    """A RAG operation got bad input (unknown corpus, empty query, bad file...)."""
+
+
+class MCPError(AetherError):
+    """An MCP server failed, refused, or reported a tool error."""
+
+
+class ChannelError(AetherError):
+    """A question could not be asked (no run, no terminal, no reachable UI)."""
+
+
+class ChannelTimeout(ChannelError, TimeoutError):
+    """Nobody answered a question in time."""

@@ -1,0 +1,98 @@
+"""The object store interface shared by artifacts, memory, RAG and large KV values.
+
+Blocking methods (boto3 and file I/O are blocking); async services call them
+through ``anyio.to_thread.run_sync``. Keys are relative, '/'-separated, validated.
+Every write is atomic: a reader sees the whole object or none of it.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+
+from aether_prefect.errors import AetherError, StoreError
+
+_KEY_PART = re.compile(r"^[A-Za-z0-9._=+@:,~-]+$")
+
+
+class ObjectNotFound(StoreError, KeyError):
+    """The key does not exist in the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidKey(AetherError, ValueError):
+    """A store key is not a safe relative path."""
+
+
+def check_key(key: str) -> str:
+    """Validate a store key: relative, '/'-separated, no '..', no empty parts, safe characters."""
+    if not isinstance(key, str) or not key:
+        raise InvalidKey(f"store key must be a non-empty str, got {key!r}")
+    parts = key.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not _KEY_PART.match(part):
+            raise InvalidKey(
+                f"store key {key!r} is not safe: use '/'-separated parts of letters, digits and ._=+@:,~- "
+                "(no '..', no empty parts, no leading '/')"
+            )
+    return key
+
+
+class ObjectStore(ABC):
+    """Bytes by key. Implementations: LocalStore (a directory) and S3Store (a bucket)."""
+
+    scheme: str = ""
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """Public URI of ``key`` (file:///... or s3://bucket/...)."""
+
+    @abstractmethod
+    def key_from_uri(self, uri: str) -> str:
+        """Inverse of :meth:`uri`; raises InvalidKey for a URI outside this store."""
+
+    @abstractmethod
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        """Write ``data`` at ``key`` atomically (overwrites)."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
+        """Stream the file at ``path`` to ``key`` atomically, never reading it whole into memory."""
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` only if nothing is there; True if this call created it."""
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes:
+        """Read the whole object; ObjectNotFound if missing."""
+
+    @abstractmethod
+    def download_file(self, key: str, dest: Path) -> None:
+        """Stream the object to ``dest`` (written atomically); ObjectNotFound if missing."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """True if ``key`` exists."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """Size in bytes; ObjectNotFound if missing."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``; deleting a missing key is not an error."""
+
+    @abstractmethod
+    def list_keys(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
+        """Keys under ``prefix`` (a '/'-terminated folder or a plain prefix), in ascending order."""
+
+    def close(self) -> None:
+        """Release clients; the store may be used again afterwards (clients are rebuilt lazily)."""
+
+
+__all__ = ["InvalidKey", "ObjectNotFound", "ObjectStore", "StoreError", "check_key"]

@@ -1,0 +1,154 @@
+"""LocalStore: the object store as a directory. Writes go to a temp file, then rename."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from aether_prefect.services.stores.base import InvalidKey, ObjectNotFound, ObjectStore, check_key
+
+_CHUNK = 1024 * 1024
+
+
+class LocalStore(ObjectStore):
+    """Objects as files under ``root/prefix``; a crash never leaves a half-written object."""
+
+    scheme = "file"
+
+    def __init__(self, root: str | Path, prefix: str = "aether") -> None:
+        base = Path(root).expanduser().resolve()
+        self.root = base / prefix if prefix else base
+        self._tmp = self.root / ".tmp"
+
+    def __repr__(self) -> str:
+        return f"LocalStore(root={str(self.root)!r})"
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def key_from_uri(self, uri: str) -> str:
+        prefix = self.root.as_uri() + "/"
+        if not uri.startswith(prefix):
+            raise InvalidKey(f"{uri!r} is not inside this local store ({self.root})")
+        from urllib.parse import unquote
+
+        return check_key(unquote(uri[len(prefix) :]))
+
+    def _tmpfile(self) -> tuple[int, str]:
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=self._tmp, prefix="w-")
+
+    def _commit(self, tmp: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        dest = self._path(key)
+        fd, tmp = self._tmpfile()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self._commit(tmp, dest)
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+    def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
+        dest = self._path(key)
+        fd, tmp = self._tmpfile()
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                shutil.copyfileobj(src, out, _CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            self._commit(tmp, dest)
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        dest = self._path(key)
+        if dest.exists():
+            return False
+        fd, tmp = self._tmpfile()
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(tmp, dest)  # atomic create-if-absent
+                return True
+            except FileExistsError:
+                return False
+        finally:
+            _unlink(tmp)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError):
+            raise ObjectNotFound(f"no object at {key!r} in {self.root}") from None
+
+    def download_file(self, key: str, dest: Path) -> None:
+        src = self._path(key)
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".dl-")
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                shutil.copyfileobj(f, out, _CHUNK)
+            os.replace(tmp, dest)
+        except FileNotFoundError:
+            _unlink(tmp)
+            raise ObjectNotFound(f"no object at {key!r} in {self.root}") from None
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise ObjectNotFound(f"no object at {key!r} in {self.root}") from None
+
+    def delete(self, key: str) -> None:
+        _unlink(str(self._path(key)))
+
+    def list_keys(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
+        folder, _, stem = prefix.rpartition("/")
+        base = self.root / folder if folder else self.root
+        if folder:
+            check_key(folder)
+        if not base.is_dir():
+            return iter(())
+        keys: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            if Path(dirpath) == self.root:
+                dirnames[:] = [d for d in dirnames if d != ".tmp"]
+            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                key = name if rel_dir == "." else f"{rel_dir}/{name}"
+                if key.startswith(prefix) and (start_after is None or key > start_after):
+                    keys.append(key)
+        keys.sort()
+        return iter(keys)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
