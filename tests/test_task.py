@@ -101,3 +101,124 @@ def test_aether_flow_context() -> None:
 
     g, n, fr = f(1)
     assert g == "flow-ctx" and n == "flow" and fr
+
+
+# --- identity, caching and API visibility ---------------------------------------------
+
+@aether_task(cache_policy=None)
+def pid_and_ids(x: int, *, context: NodeContext) -> dict:
+    return {"x": x, "pid": os.getpid(), "run_id": context.run_id, "graph_id": context.graph_id,
+            "task_run_id": context.task_run_id}
+
+
+def test_process_pool_builds_context_in_worker() -> None:
+    from prefect.task_runners import ProcessPoolTaskRunner
+
+    @flow(name="pp-flow", task_runner=ProcessPoolTaskRunner(max_workers=2))
+    def f() -> tuple[list[dict], str]:
+        from prefect.runtime import flow_run
+
+        return [fu.result() for fu in pid_and_ids.map([1, 2])], str(flow_run.id)
+
+    res, fr_id = f()
+    assert all(r["pid"] != os.getpid() for r in res)
+    assert all(r["run_id"] == fr_id and r["graph_id"] == "pp-flow" for r in res)
+
+
+def test_dask_runner_builds_context_in_worker() -> None:
+    from prefect_dask import DaskTaskRunner
+
+    runner = DaskTaskRunner(cluster_kwargs={"n_workers": 1, "processes": True, "threads_per_worker": 1,
+                                            "dashboard_address": None})
+
+    @flow(name="dask-flow", task_runner=runner)
+    def f() -> tuple[list[dict], str]:
+        from prefect.runtime import flow_run
+
+        return [fu.result() for fu in pid_and_ids.map([1, 2])], str(flow_run.id)
+
+    res, fr_id = f()
+    assert all(r["pid"] != os.getpid() for r in res)
+    assert all(r["run_id"] == fr_id and r["graph_id"] == "dask-flow" for r in res)
+
+
+CALLS: list[str] = []
+
+
+@aether_task(persist_result=True)
+def cached_a(x: int, *, context: NodeContext) -> int:
+    CALLS.append("a")
+    return x + 1
+
+
+@aether_task(persist_result=True)
+def cached_b(x: int, *, context: NodeContext) -> int:
+    CALLS.append("b")
+    return x + 100
+
+
+def test_caching_hits_and_no_cross_task_sharing() -> None:
+    from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+    a = cached_a.with_options(cache_policy=INPUTS + TASK_SOURCE)
+    b = cached_b.with_options(cache_policy=INPUTS + TASK_SOURCE)
+    CALLS.clear()
+
+    @flow
+    def f() -> list[int]:
+        return [a(7), a(7), b(7)]
+
+    assert f() == [8, 8, 107]
+    assert CALLS == ["a", "b"]  # second a(7) was a cache hit; b did not reuse a's entry
+    assert cached_a.task_key != cached_b.task_key
+
+
+def test_task_inputs_and_logs_from_api() -> None:
+    import asyncio as aio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    @aether_task(task_run_name="logged-{x}")
+    def logged(x: int, *, context: NodeContext) -> str:
+        context.logger().info("hello from %s", context.node_id)
+        return context.task_run_id  # type: ignore[return-value]
+
+    @flow
+    def f() -> str:
+        return logged(5)
+
+    tr_id = f()
+
+    async def read() -> tuple[dict, list[str]]:
+        async with get_client() as client:
+            tr = await client.read_task_run(tr_id)
+            for _ in range(50):
+                logs = await client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[tr_id])))
+                msgs = [lg.message for lg in logs]
+                if any("hello from" in m for m in msgs):
+                    break
+                await aio.sleep(0.2)
+            return tr.task_inputs, msgs
+
+    inputs, msgs = aio.run(read())
+    assert set(inputs) == {"x"}
+    assert "hello from logged-5" in msgs
+
+
+def test_positional_context_and_parameters_schema() -> None:
+    @aether_task
+    def mid(a: int, context: NodeContext, b: int = 2) -> tuple[int, int, str]:
+        return a, b, type(context).__name__
+
+    assert mid(1) == (1, 2, "NodeContext")
+    assert mid(1, 3) == (1, 3, "NodeContext")
+
+    @aether_flow
+    def fl(n: int, *, context: NodeContext) -> int:
+        return n
+
+    from prefect.utilities.callables import parameter_schema
+
+    assert set(parameter_schema(fl.fn).properties) == {"n"}
+    assert set(parameter_schema(mid.fn).properties) == {"a", "b"}

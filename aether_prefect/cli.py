@@ -1,0 +1,191 @@
+"""The ``aether-prefect`` command: register blocks, show config (secrets masked), check services, run a server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aether_prefect.blocks import AetherConfig
+
+_BLOCK_MODULE = "aether_prefect.blocks"
+
+
+def _masked(config: AetherConfig) -> dict[str, Any]:
+    """The config as JSON-able data with every secret shown as ********."""
+    return json.loads(config.model_dump_json(exclude={"block_type_slug"}, round_trip=False))
+
+
+def cmd_blocks_register(_: argparse.Namespace) -> int:
+    """Register every aether-prefect Block type with the Prefect API."""
+    from prefect.blocks.core import Block
+
+    from aether_prefect import blocks
+
+    async def _register() -> list[str]:
+        names = []
+        for cls in (blocks.AetherLLMProfile, blocks.AetherObjectStore, blocks.AetherMCPServer, blocks.AetherConfig):
+            await cls.register_type_and_schema()
+            names.append(cls.get_block_type_slug())
+        return names
+
+    assert issubclass(blocks.AetherConfig, Block)
+    for name in asyncio.run(_register()):
+        print(f"registered block type {name}")
+    return 0
+
+
+async def _load(name: str | None) -> tuple[str, AetherConfig]:
+    from aether_prefect.config import DEFAULT_BLOCK_NAME, ENV_CONFIG, aresolve_config
+
+    import os
+
+    label = name or os.environ.get(ENV_CONFIG) or DEFAULT_BLOCK_NAME
+    config = await aresolve_config(name)
+    return label, config
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    """Print the resolved config with secrets masked."""
+    label, config = asyncio.run(_load(args.name))
+    print(f"# AetherConfig {label!r}" + ("" if config._block_document_id else " (embedded defaults: nothing saved)"))
+    print(json.dumps(_masked(config), indent=2, default=str))
+    return 0
+
+
+async def _doctor(name: str | None) -> list[tuple[str, bool, str]]:
+    from aether_prefect._prefect import prefect_client
+    from aether_prefect.config import store_config
+    from aether_prefect.services.stores import open_store
+
+    results: list[tuple[str, bool, str]] = []
+
+    async def check(label: str, fn: Callable[[], Awaitable[str]]) -> None:
+        t = time.perf_counter()
+        try:
+            detail = await fn()
+            results.append((label, True, f"{detail} ({(time.perf_counter() - t) * 1000:.0f} ms)"))
+        except Exception as exc:  # noqa: BLE001 - doctor reports every failure, never a traceback
+            results.append((label, False, f"{type(exc).__name__}: {exc}"))
+
+    async def api() -> str:
+        client = await prefect_client()
+        await client.api_healthcheck()
+        return str(client.api_url)
+
+    await check("prefect api", api)
+    label, config = await _load(name) if results[-1][1] else (name or "default", AetherConfig())
+    store_block = store_config(config)
+
+    async def store() -> str:
+        import anyio
+
+        st = open_store(store_block)
+        key = f"doctor/probe-{uuid.uuid4().hex}"
+        payload = b"aether-prefect doctor probe"
+        await anyio.to_thread.run_sync(st.put_bytes, key, payload)
+        try:
+            back = await anyio.to_thread.run_sync(st.get_bytes, key)
+            if back != payload:
+                raise RuntimeError("read back different bytes")
+        finally:
+            await anyio.to_thread.run_sync(st.delete, key)
+        return f"{store_block.backend} write/read/delete ok"
+
+    await check(f"object store ({store_block.backend})", store)
+
+    from aether_prefect.session import build_adhoc_context
+
+    ctx = await build_adhoc_context(config=config, graph_id="doctor", node_id="doctor")
+    try:
+        for pname in sorted(set(config.llm) | ({"default"} if ctx.llm_profile("default") else set())):
+
+            async def llm(pname: str = pname) -> str:
+                svc = ctx.llm(pname)
+                prof = ctx.llm_profile(pname)
+                await svc.raw(method="GET", path="/models")
+                return f"{prof.base_url if prof else ''} answered"
+
+            await check(f"llm profile {pname}", llm)
+        for sname in sorted(config.mcp):
+
+            async def mcp(sname: str = sname) -> str:
+                tools = await ctx.mcp(sname).list_tools()
+                return f"{len(tools)} tools"
+
+            await check(f"mcp server {sname}", mcp)
+    finally:
+        await ctx.aclose()
+    return results
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the Prefect API, the object store, each LLM profile and MCP server; exit 1 if any fails."""
+    results = asyncio.run(_doctor(args.name))
+    for label, ok, detail in results:
+        print(f"{'ok  ' if ok else 'FAIL'} {label}: {detail}")
+    return 0 if all(ok for _, ok, _ in results) else 1
+
+
+def cmd_server_start(args: argparse.Namespace) -> int:
+    """Start a local Prefect server (if none answers) and print its UI URL."""
+    from aether_prefect.server import start_server
+
+    url = start_server(args.port, ui=not args.no_ui, detach=True)
+    print(url)
+    return 0
+
+
+def cmd_server_stop(args: argparse.Namespace) -> int:
+    """Stop the local Prefect server started by `aether-prefect server start`."""
+    from aether_prefect.server import stop_server
+
+    stopped = stop_server(port=args.port)
+    print("stopped" if stopped else "no server started by aether-prefect is running")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aether-prefect", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    blocks = sub.add_parser("blocks", help="manage block types").add_subparsers(dest="sub", required=True)
+    blocks.add_parser("register", help="register the aether-prefect block types").set_defaults(fn=cmd_blocks_register)
+
+    config = sub.add_parser("config", help="inspect configuration").add_subparsers(dest="sub", required=True)
+    show = config.add_parser("show", help="print the resolved AetherConfig, secrets masked")
+    show.add_argument("name", nargs="?", default=None, help="saved AetherConfig name (default: resolution order)")
+    show.set_defaults(fn=cmd_config_show)
+
+    doctor = sub.add_parser("doctor", help="check the API, store, LLM profiles and MCP servers")
+    doctor.add_argument("name", nargs="?", default=None, help="saved AetherConfig name")
+    doctor.set_defaults(fn=cmd_doctor)
+
+    server = sub.add_parser("server", help="a local Prefect server").add_subparsers(dest="sub", required=True)
+    start = server.add_parser("start", help="start `prefect server start` on 127.0.0.1 in the background")
+    start.add_argument("--port", type=int, default=4200)
+    start.add_argument("--no-ui", action="store_true")
+    start.set_defaults(fn=cmd_server_start)
+    stop = server.add_parser("stop", help="stop the server started by `server start`")
+    stop.add_argument("--port", type=int, default=4200)
+    stop.set_defaults(fn=cmd_server_stop)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``aether-prefect`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except Exception as exc:  # noqa: BLE001 - a CLI prints one clear line, not a traceback
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
