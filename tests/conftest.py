@@ -32,6 +32,7 @@ atexit.register(_SERVER.stop)
 import pytest  # noqa: E402
 
 from tests.servers.s3 import moto_s3, s3_store_block  # noqa: E402,F401
+from tests.servers.openai_server import llm_server, openai_server  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session", autouse=True)
