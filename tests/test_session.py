@@ -1,0 +1,163 @@
+"""open_session / build_adhoc_context / open_session_sync, overrides, errors, logger, secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import warnings
+
+import pytest
+from pydantic import SecretStr
+
+from aether_prefect import (
+    AetherConfig,
+    AetherLLMProfile,
+    NodeContext,
+    ServiceNotConfigured,
+    build_adhoc_context,
+    current_context,
+    open_session,
+    open_session_sync,
+)
+from aether_prefect.services.base import BoundService
+
+SECRET = "sk-session-secret-0123456789"
+
+
+class Probe(BoundService):
+    """A service that records whether its context closed it."""
+
+    closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def test_defaults_and_ids(local_config: AetherConfig) -> None:
+    async def go() -> NodeContext:
+        async with open_session(config=local_config) as ctx:
+            assert current_context() is ctx
+            return ctx
+
+    ctx = asyncio.run(go())
+    assert re.fullmatch(r"adhoc-[0-9a-f]{8}", ctx.run_id)
+    assert (ctx.graph_id, ctx.node_id, ctx.session_id, ctx.flow_run_id, ctx.task_run_id, ctx.deployment_id) == (
+        "adhoc", "adhoc", None, None, None, None)
+    assert ctx.closed
+    with pytest.raises(LookupError, match="inside an @aether_task"):
+        current_context()
+
+
+def test_custom_ids_and_session_id(local_config: AetherConfig) -> None:
+    async def go() -> tuple[str, str, str, str | None]:
+        async with open_session("r1", "g1", "n1", config=local_config, session_id="s1") as ctx:
+            return ctx.run_id, ctx.graph_id, ctx.node_id, ctx.session_id
+
+    assert asyncio.run(go()) == ("r1", "g1", "n1", "s1")
+
+
+def test_unknown_override_is_a_type_error_naming_it(local_config: AetherConfig) -> None:
+    async def go() -> None:
+        async with open_session(config=local_config, foo="bar"):
+            pass
+
+    with pytest.raises(TypeError, match="unknown runtime override 'foo'"):
+        asyncio.run(go())
+
+
+def test_overrides_apply_to_one_context_only(local_config: AetherConfig) -> None:
+    async def go() -> tuple[str, str, int | None, int | None]:
+        a = await build_adhoc_context(config=local_config, memory_level="graph", max_concurrency=4)
+        b = await build_adhoc_context(config=local_config)
+        await a.aclose()
+        await b.aclose()
+        return a.memory_level, b.memory_level, a.max_concurrency, b.max_concurrency
+
+    assert asyncio.run(go()) == ("graph", "run", 4, None)
+
+
+@pytest.mark.parametrize("bad", [{"memory_level": "forever"}, {"max_concurrency": 0}, {"session_id": ""},
+                                 {"llm_budget": {"calls": -1}}, {"kv_namespace": "UPPER"}])
+def test_bad_override_values(local_config: AetherConfig, bad: dict) -> None:
+    from aether_prefect import ValidationError
+
+    with pytest.raises(ValidationError):
+        asyncio.run(build_adhoc_context(config=local_config, **bad))
+
+
+def test_services_closed_on_exit_even_when_body_raises(local_config: AetherConfig) -> None:
+    probes: list[Probe] = []
+
+    async def go() -> None:
+        async with open_session(config=local_config) as ctx:
+            probes.append(ctx._service("probe", lambda: Probe(ctx)))
+            raise RuntimeError("body failed")
+
+    with pytest.raises(RuntimeError, match="body failed"):
+        asyncio.run(go())
+    assert probes[0].closed
+
+
+def test_closed_context_refuses_new_services(local_config: AetherConfig) -> None:
+    ctx = asyncio.run(build_adhoc_context(config=local_config))
+    asyncio.run(ctx.aclose())
+    with pytest.raises(RuntimeError, match="is closed"):
+        ctx._service("probe", lambda: Probe(ctx))
+
+
+def test_sync_twin(local_config: AetherConfig) -> None:
+    with open_session_sync(config=local_config, node_id="sync") as ctx:
+        assert ctx.node_id == "sync" and current_context() is ctx
+        probe = ctx._service("probe", lambda: Probe(ctx))
+    assert ctx.closed and probe.closed
+
+
+def test_unconfigured_services_raise_at_the_accessor(local_config: AetherConfig) -> None:
+    with open_session_sync(config=local_config) as ctx:
+        with pytest.raises(ServiceNotConfigured, match="AetherLLMProfile.*OPENAI_API_KEY"):
+            ctx.llm()
+        with pytest.raises(ServiceNotConfigured, match="'fast'.*AetherLLMProfile"):
+            ctx.llm("fast")
+        with pytest.raises(ServiceNotConfigured, match="AetherMCPServer"):
+            ctx.mcp()
+        assert isinstance(ServiceNotConfigured("x", block_type="B", how="h"), RuntimeError)
+
+
+def test_logger_outside_a_run_carries_ids_without_warnings(local_config: AetherConfig,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with open_session_sync("log-run", "log-graph", "log-node", config=local_config) as ctx:
+            logger = ctx.logger()
+            logger.logger.propagate = True
+            with caplog.at_level(logging.INFO, logger="aether_prefect"):
+                logger.info("hello %s", "there")
+    rec = [r for r in caplog.records if r.getMessage() == "hello there"][0]
+    assert (rec.run_id, rec.graph_id, rec.node_id) == ("log-run", "log-graph", "log-node")  # type: ignore[attr-defined]
+
+
+def test_secrets_stay_out_of_reprs_errors_and_logs(local_config: AetherConfig,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    cfg = local_config.model_copy(update={"llm": {"default": AetherLLMProfile(model="m", api_key=SecretStr(SECRET))}})
+    with caplog.at_level(logging.DEBUG):
+        with open_session_sync(config=cfg) as ctx:
+            ctx.logger().info("config is %r", ctx.config)
+            texts = [repr(ctx), str(ctx.config), repr(ctx.config), repr(ctx.llm_profile())]
+            try:
+                ctx.llm("missing")
+            except ServiceNotConfigured as exc:
+                texts.append(str(exc))
+            ctx.llm_set_key("openai", SECRET + "-2", model="x")
+            texts.append(repr(ctx.llm_profile()))
+    texts.append(caplog.text)
+    for text in texts:
+        assert SECRET not in text
+
+
+def test_llm_set_key_is_per_context(local_config: AetherConfig) -> None:
+    with open_session_sync(config=local_config) as a, open_session_sync(config=local_config) as b:
+        a.llm_set_key("openai", "sk-a", model="gpt-a")
+        assert a.llm_profile().model == "gpt-a"  # type: ignore[union-attr]
+        assert a.llm_profile().base_url == "https://api.openai.com/v1"  # type: ignore[union-attr]
+        assert b.llm_profile() is None
