@@ -1,0 +1,390 @@
+"""RAG corpus index: BM25 and dense vectors over numpy arrays, persisted as one object per document.
+
+Layout in the object store (no shared object is read-modified-written, so
+concurrent upserts from several processes never lose each other's documents):
+
+- ``rag/corpora/<corpus_id>.json``                   corpus settings, created once (put_if_absent)
+- ``rag/data/<corpus_id>/docs/<src>/<rev>.json``     one immutable record per document revision
+- ``rag/data/<corpus_id>/version``                   a random token rewritten after every change
+
+``src`` hashes the document's source (its path, ``source`` or title), ``rev`` its content,
+labels and chunking, so a changed document replaces its earlier revision. Readers cache the
+index per process and reload only new or removed records when the version token changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from aether_prefect.errors import RAGError
+from aether_prefect.services.rag_chunk import tokenize
+from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
+
+BM25_K1 = 1.2
+BM25_B = 0.75
+
+
+class CorpusSettings(BaseModel):
+    """Per-corpus settings, written once when the corpus is bound."""
+
+    corpus_id: str
+    chunk_size: int = Field(default=800, ge=50, le=100_000)
+    chunk_overlap: int = Field(default=120, ge=0)
+    created_at: float = Field(default_factory=time.time)
+    key: str | None = None
+
+
+class DocRecord(BaseModel):
+    """One stored document revision: its chunks, labels and (optionally) their embeddings."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    doc_id: str
+    corpus_id: str
+    title: str
+    source: str
+    labels: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    chunks: list[str]
+    updated_at: float = Field(default_factory=time.time)
+    embed_model: str | None = None
+    dim: int | None = None
+    vectors_b64: str | None = None
+
+    def chunk_id(self, i: int) -> str:
+        """Stable id of chunk ``i`` of this document."""
+        return f"{self.doc_id}:{i}"
+
+    def vectors(self) -> np.ndarray | None:
+        """The (chunks x dim) float32 embedding matrix, or None when stored without embeddings."""
+        if not self.vectors_b64 or not self.dim:
+            return None
+        arr = np.frombuffer(base64.b64decode(self.vectors_b64), dtype="<f4")
+        return arr.reshape(len(self.chunks), self.dim)
+
+    @staticmethod
+    def encode_vectors(vectors: list[list[float]]) -> str:
+        """Pack embeddings as little-endian float32, base64 (4x smaller than JSON floats)."""
+        return base64.b64encode(np.asarray(vectors, dtype="<f4").tobytes()).decode("ascii")
+
+
+# ---------------------------------------------------------------------------
+# Persistence (blocking: call through anyio.to_thread from async code)
+# ---------------------------------------------------------------------------
+
+
+def settings_key(corpus_id: str) -> str:
+    return f"rag/corpora/{corpus_id}.json"
+
+
+def docs_prefix(corpus_id: str) -> str:
+    return f"rag/data/{corpus_id}/docs/"
+
+
+def version_key(corpus_id: str) -> str:
+    return f"rag/data/{corpus_id}/version"
+
+
+def doc_key(corpus_id: str, src: str, rev: str) -> str:
+    return f"{docs_prefix(corpus_id)}{src}/{rev}.json"
+
+
+def read_settings(store: ObjectStore, corpus_id: str) -> CorpusSettings | None:
+    """The corpus settings, or None if the corpus was never bound."""
+    try:
+        return CorpusSettings.model_validate_json(store.get_bytes(settings_key(corpus_id)))
+    except ObjectNotFound:
+        return None
+
+
+def create_settings(store: ObjectStore, settings: CorpusSettings) -> CorpusSettings:
+    """Create the corpus if absent (atomic); returns the settings that won."""
+    store.put_if_absent(settings_key(settings.corpus_id), settings.model_dump_json().encode())
+    found = read_settings(store, settings.corpus_id)
+    assert found is not None
+    return found
+
+
+def list_corpus_ids(store: ObjectStore) -> list[str]:
+    """Ids of every bound corpus in the store."""
+    out = []
+    for key in store.list_keys("rag/corpora/"):
+        name = key.rsplit("/", 1)[-1]
+        if name.endswith(".json"):
+            out.append(name[: -len(".json")])
+    return out
+
+
+def read_version(store: ObjectStore, corpus_id: str) -> str:
+    try:
+        return store.get_bytes(version_key(corpus_id)).decode()
+    except ObjectNotFound:
+        return ""
+
+
+def bump_version(store: ObjectStore, corpus_id: str) -> str:
+    token = uuid.uuid4().hex
+    store.put_bytes(version_key(corpus_id), token.encode())
+    return token
+
+
+# ---------------------------------------------------------------------------
+# In-memory index
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Built:
+    """An immutable snapshot of the search arrays; searches use it without locks."""
+
+    recs: list[DocRecord]
+    chunk_doc: np.ndarray  # doc index per chunk (int32)
+    chunk_pos: np.ndarray  # chunk number within its doc (int32)
+    indptr: np.ndarray  # CSR offsets per term id (int64)
+    post_chunk: np.ndarray  # chunk index per posting (int32)
+    post_w: np.ndarray  # BM25 weight per posting (float32)
+    vocab: dict[str, int]
+    vectors: np.ndarray | None  # (chunks x dim) float32, unit rows; zero rows where missing
+    has_vec: np.ndarray | None  # bool per chunk
+
+    @property
+    def n_chunks(self) -> int:
+        return int(self.chunk_doc.shape[0])
+
+
+@dataclass
+class CorpusIndex:
+    """The process-wide cached index of one corpus; thread-safe, rebuilt lazily after changes."""
+
+    corpus_id: str
+    settings: CorpusSettings
+    records: dict[str, DocRecord] = field(default_factory=dict)  # object key -> record
+    version: str | None = None
+    checked_at: float = 0.0
+    _terms: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    _vocab: dict[str, int] = field(default_factory=dict)
+    _built: Built | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    # -- record bookkeeping ---------------------------------------------------
+
+    def active(self) -> dict[str, str]:
+        """src -> object key of the newest revision of each document."""
+        best: dict[str, tuple[float, str]] = {}
+        for key, rec in self.records.items():
+            src = key.rsplit("/", 2)[-2]
+            cur = best.get(src)
+            if cur is None or (rec.updated_at, key) > cur:
+                best[src] = (rec.updated_at, key)
+        return {src: key for src, (_, key) in best.items()}
+
+    def apply(self, added: dict[str, DocRecord], removed: Iterable[str]) -> None:
+        """Add new records and drop removed ones; the search arrays rebuild on next use."""
+        with self.lock:
+            for key in removed:
+                self.records.pop(key, None)
+                self._terms.pop(key, None)
+            for key, rec in added.items():
+                self.records[key] = rec
+                self._terms[key] = [self._term_counts(t) for t in rec.chunks]
+            self._built = None
+
+    def _term_counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        toks = tokenize(text)
+        vocab = self._vocab
+        ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in toks), dtype=np.int32, count=len(toks))
+        uniq, counts = np.unique(ids, return_counts=True)
+        return uniq.astype(np.int32), counts.astype(np.float32)
+
+    def sync_from_store(self, store: ObjectStore) -> None:
+        """Load records added by any process since the last sync and drop deleted ones."""
+        with self.lock:
+            version = read_version(store, self.corpus_id)
+            keys = set(store.list_keys(docs_prefix(self.corpus_id)))
+            keys = {k for k in keys if k.endswith(".json")}
+            added: dict[str, DocRecord] = {}
+            for key in sorted(keys - set(self.records)):
+                try:
+                    added[key] = DocRecord.model_validate_json(store.get_bytes(key))
+                except ObjectNotFound:
+                    continue  # deleted between list and get
+            removed = set(self.records) - keys
+            if added or removed:
+                self.apply(added, removed)
+            self.version = version
+            self.checked_at = time.monotonic()
+
+    def refresh_if_changed(self, store: ObjectStore, interval_s: float) -> None:
+        """Reload when another process changed the corpus (checked at most every ``interval_s``)."""
+        if self.version is not None and time.monotonic() - self.checked_at < interval_s:
+            return
+        with self.lock:
+            if read_version(store, self.corpus_id) != self.version:
+                self.sync_from_store(store)
+            else:
+                self.checked_at = time.monotonic()
+
+    # -- search arrays ----------------------------------------------------------
+
+    def built(self) -> Built:
+        """The current search snapshot, building it if records changed."""
+        b = self._built
+        if b is not None:
+            return b
+        with self.lock:
+            if self._built is None:
+                self._built = self._build()
+            return self._built
+
+    def _build(self) -> Built:
+        keys = sorted(self.active().values())
+        recs = [self.records[k] for k in keys]
+        per_chunk = [tc for k in keys for tc in self._terms[k]]
+        n = len(per_chunk)
+        lens = np.fromiter((len(t) for t, _ in per_chunk), dtype=np.int64, count=n)
+        chunk_doc = np.repeat(np.arange(len(recs), dtype=np.int32), [len(r.chunks) for r in recs]).astype(np.int32)
+        chunk_pos = np.concatenate([np.arange(len(r.chunks), dtype=np.int32) for r in recs]) if recs else np.zeros(0, np.int32)
+        vsize = len(self._vocab)
+        if n and lens.sum():
+            terms = np.concatenate([t for t, _ in per_chunk])
+            tf = np.concatenate([c for _, c in per_chunk])
+            chunk_of = np.repeat(np.arange(n, dtype=np.int32), lens)
+            dl = np.fromiter((float(c.sum()) for _, c in per_chunk), dtype=np.float32, count=n)
+            order = np.argsort(terms, kind="stable")
+            terms, tf, chunk_of = terms[order], tf[order], chunk_of[order]
+            df = np.bincount(terms, minlength=vsize)
+            indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
+            idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+            avgdl = float(dl.mean()) or 1.0
+            norm = BM25_K1 * (1.0 - BM25_B + BM25_B * dl[chunk_of] / avgdl)
+            w = (idf[terms] * tf * (BM25_K1 + 1.0) / (tf + norm)).astype(np.float32)
+        else:
+            indptr = np.zeros(vsize + 1, np.int64)
+            chunk_of = np.zeros(0, np.int32)
+            w = np.zeros(0, np.float32)
+        vectors, has_vec = self._build_vectors(recs, n)
+        return Built(recs, chunk_doc, chunk_pos, indptr, chunk_of.astype(np.int32), w, dict(self._vocab), vectors, has_vec)
+
+    @staticmethod
+    def _build_vectors(recs: list[DocRecord], n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        dim = next((r.dim for r in recs if r.vectors_b64 and r.dim), None)
+        if dim is None:
+            return None, None
+        mat = np.zeros((n, dim), dtype=np.float32)
+        has = np.zeros(n, dtype=bool)
+        row = 0
+        for r in recs:
+            m = len(r.chunks)
+            v = r.vectors() if r.dim == dim else None
+            if v is not None:
+                mat[row : row + m] = v
+                has[row : row + m] = True
+            row += m
+        norms = np.linalg.norm(mat, axis=1, keepdims=True)
+        np.divide(mat, norms, out=mat, where=norms > 0)
+        return mat, has
+
+
+# ---------------------------------------------------------------------------
+# Scoring on a snapshot
+# ---------------------------------------------------------------------------
+
+
+def label_mask(b: Built, filters: dict[str, Any] | None) -> np.ndarray | None:
+    """Chunk mask for label filters: every key must match; a list value means any-of."""
+    if not filters:
+        return None
+    doc_ok = np.fromiter((labels_match(r.labels, filters) for r in b.recs), dtype=bool, count=len(b.recs))
+    return doc_ok[b.chunk_doc] if b.n_chunks else np.zeros(0, bool)
+
+
+def labels_match(labels: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """True when ``labels`` satisfy every filter (a doc's list label matches if any element does)."""
+    for key, want in filters.items():
+        if key not in labels:
+            return False
+        wants = list(want) if isinstance(want, (list, tuple, set, frozenset)) else [want]
+        have = labels[key]
+        haves = have if isinstance(have, list) else [have]
+        if not any(h in wants for h in haves):
+            return False
+    return True
+
+
+def top_k(scores: np.ndarray, k: int, valid: np.ndarray) -> list[tuple[int, float]]:
+    """Indices and scores of the ``k`` best valid entries, best first (ties by index)."""
+    cand = np.flatnonzero(valid)
+    if cand.size == 0:
+        return []
+    sc = scores[cand]
+    if cand.size > k:
+        part = np.argpartition(-sc, k - 1)[:k]
+        cand, sc = cand[part], sc[part]
+    order = np.lexsort((cand, -sc))
+    return [(int(cand[i]), float(sc[i])) for i in order]
+
+
+def lexical_scores(b: Built, query: str) -> np.ndarray | None:
+    """BM25 score per chunk, or None when no query term is in the corpus."""
+    tids = sorted({b.vocab[t] for t in tokenize(query) if t in b.vocab})
+    if not tids or b.n_chunks == 0:
+        return None
+    idx = np.concatenate([b.post_chunk[b.indptr[t] : b.indptr[t + 1]] for t in tids])
+    w = np.concatenate([b.post_w[b.indptr[t] : b.indptr[t + 1]] for t in tids])
+    if idx.size == 0:
+        return None
+    return np.bincount(idx, weights=w, minlength=b.n_chunks)
+
+
+def search_lexical(b: Built, query: str, k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
+    """Top-k chunks by BM25."""
+    scores = lexical_scores(b, query)
+    if scores is None:
+        return []
+    valid = scores > 0
+    if mask is not None:
+        valid &= mask
+    return top_k(scores, k, valid)
+
+
+def search_dense(b: Built, qvec: list[float], k: int, mask: np.ndarray | None) -> list[tuple[int, float]]:
+    """Top-k chunks by cosine similarity to ``qvec``."""
+    if b.vectors is None or b.has_vec is None:
+        return []
+    q = np.asarray(qvec, dtype=np.float32)
+    if q.shape != (b.vectors.shape[1],):
+        raise RAGError(
+            f"query embedding has {q.shape[0]} dimensions but the corpus vectors have {b.vectors.shape[1]}: "
+            "the embedding model changed; re-upsert the documents with the current embed_model"
+        )
+    nrm = float(np.linalg.norm(q))
+    if nrm == 0 or not math.isfinite(nrm):
+        return []
+    scores = b.vectors @ (q / nrm)
+    valid = b.has_vec if mask is None else (b.has_vec & mask)
+    return top_k(scores, k, valid)
+
+
+def rrf(rankings: list[list[tuple[int, float]]], k: int, c: int = 60) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion of several rankings: score = sum 1/(c + rank)."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (i, _) in enumerate(ranking, start=1):
+            fused[i] = fused.get(i, 0.0) + 1.0 / (c + rank)
+    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+def dumps_record(rec: DocRecord) -> bytes:
+    """Serialise a record (compact JSON)."""
+    return json.dumps(rec.model_dump(mode="json"), separators=(",", ":")).encode()
