@@ -59,6 +59,15 @@ class LLMError(AetherError):
         super().__init__(message)
 
 
+class LLMInvalidOutput(LLMError):
+    """A JSON-mode reply was not valid JSON or failed its schema; ``excerpt`` holds what came back."""
+
+    def __init__(self, message: str, *, excerpt: str = "", attempts: int = 1) -> None:
+        self.excerpt = excerpt
+        self.attempts = attempts
+        super().__init__(message)
+
+
 class LLMBudgetExceeded(AetherError):
     """An LLM call was refused before sending because a budget is spent."""
 

@@ -1,0 +1,603 @@
+"""The LLM service: ``context.llm(profile)``, OpenAI-compatible chat, streaming, embeddings and raw requests.
+
+Providers: any OpenAI-compatible base URL (OpenAI, vLLM, LM Studio, OpenRouter, Ollama's /v1) and Azure
+OpenAI (``provider="azure"``: deployment path, ``api-version``, ``api-key`` header). Every call is checked
+against the budgets (``llm_budget``), counted in the task run's usage table (``llm_usage``) and sent through
+one pooled httpx client per process and event loop with retries (``llm_http``). Sync tasks use
+``context.llm().sync.chat(...)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+from uuid import UUID
+
+import httpx
+from pydantic import SecretStr
+
+from aether_prefect._sync import maybe_await
+from aether_prefect.blocks import AetherLLMProfile
+from aether_prefect.errors import ConfigError, LLMError, LLMInvalidOutput, ValidationError
+from aether_prefect.services import llm_http
+from aether_prefect.services.base import BoundService
+from aether_prefect.services.llm_budget import BudgetGuard, Reservation
+from aether_prefect.services.llm_usage import Usage, UsageRow, tracker
+
+if TYPE_CHECKING:
+    from aether_prefect.context import NodeContext
+
+OutputFormat = Literal["text", "json_object", "json_schema"]
+OUTPUT_FORMATS = ("text", "json_object", "json_schema")
+DEFAULT_AZURE_API_VERSION = "2024-10-21"
+#: Texts per embeddings request.
+EMBED_BATCH = 128
+#: Characters kept per message in exchange-log artifacts.
+EXCHANGE_MAX_CHARS = 2000
+_RESERVED_BODY_KEYS = frozenset({"messages", "stream", "response_format", "input"})
+_PROVIDER_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "ollama": "http://localhost:11434/v1",
+    "lmstudio": "http://localhost:1234/v1",
+    "vllm": "http://localhost:8000/v1",
+}
+
+OnDelta = Callable[[str], "Awaitable[Any] | Any"]
+
+
+def secret_values(obj: Any) -> set[str]:
+    """Every string held in a SecretStr / SecretDict anywhere inside ``obj`` (blocks, dicts, lists)."""
+    found: set[str] = set()
+
+    def leaves(value: Any) -> None:
+        if isinstance(value, str):
+            found.add(value)
+        elif isinstance(value, dict):
+            for v in value.values():
+                leaves(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                leaves(v)
+
+    def walk(value: Any, depth: int = 0) -> None:
+        if depth > 8 or value is None:
+            return
+        if hasattr(value, "get_secret_value"):
+            leaves(value.get_secret_value())
+        elif isinstance(value, dict):
+            for v in value.values():
+                walk(v, depth + 1)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v, depth + 1)
+        elif hasattr(type(value), "model_fields"):
+            for name in type(value).model_fields:
+                walk(getattr(value, name, None), depth + 1)
+
+    walk(obj)
+    return found
+
+
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    """A list of ``{"role", "content"}`` dicts (a plain str becomes one user message)."""
+    if isinstance(messages, str):
+        return [{"role": "user", "content": messages}]
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValidationError(
+            f"messages must be a non-empty list of {{'role': ..., 'content': ...}} dicts (or a str), got {messages!r:.80}"
+        )
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or ("content" not in m and "tool_calls" not in m):
+            raise ValidationError(
+                f"messages[{i}] must be a dict with a str 'role' and a 'content', e.g. "
+                f"{{'role': 'user', 'content': 'hello'}}; got {m!r:.80}"
+            )
+        out.append(dict(m))
+    return out
+
+
+def _schema_spec(json_schema: Any) -> dict[str, Any]:
+    """OpenAI's ``response_format.json_schema`` object from a bare JSON schema or from ``{"name", "schema"}``."""
+    if not isinstance(json_schema, dict):
+        raise ValidationError(
+            f"json_schema must be a JSON schema dict (or {{'name': ..., 'schema': {{...}}}}), got {type(json_schema).__name__}"
+        )
+    if isinstance(json_schema.get("schema"), dict):
+        spec = {"name": str(json_schema.get("name") or "output"), "schema": json_schema["schema"]}
+        if "strict" in json_schema:
+            spec["strict"] = bool(json_schema["strict"])
+    else:
+        spec = {"name": "output", "schema": json_schema}
+    import jsonschema
+
+    try:
+        jsonschema.validators.validator_for(spec["schema"]).check_schema(spec["schema"])
+    except jsonschema.SchemaError as exc:
+        raise ValidationError(f"json_schema is not a valid JSON schema: {exc.message}") from None
+    return spec
+
+
+def _json_problem(text: str, schema: dict[str, Any] | None) -> str | None:
+    """Why ``text`` is not acceptable JSON (or does not match ``schema``); None when it is fine."""
+    body = text.strip()
+    if body.startswith("```"):  # some models fence JSON even in JSON mode
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body.rsplit("```", 1)[0].strip()
+    try:
+        value = json.loads(body)
+    except ValueError as exc:
+        return f"the reply is not valid JSON ({exc})"
+    if schema is None:
+        return None
+    import jsonschema
+
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
+        return None
+    return f"the reply does not match the JSON schema: {error.message} (at {error.json_path})"
+
+
+def _reply_text(data: Any) -> str:
+    """Text of a chat.completion reply (tool-call-only replies give '')."""
+    try:
+        content = data["choices"][0]["message"].get("content")
+    except (KeyError, IndexError, TypeError, AttributeError):
+        raise LLMError(
+            f"LLM reply has no choices[0].message: {json.dumps(data)[:300]!r}. "
+            "Fix: check that base_url points at an OpenAI-compatible /chat/completions API"
+        ) from None
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return content or ""
+
+
+class _SSE:
+    """Incremental server-sent-events parser: feed lines, get complete ``data`` payloads."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        if line == "":
+            if not self._data:
+                return None
+            payload, self._data = "\n".join(self._data), []
+            return payload
+        if line.startswith("data:"):
+            self._data.append(line[5:].lstrip(" "))
+        return None  # comments (':'), event:, id:, retry: lines are ignored
+
+
+class LLMService(BoundService):
+    """An OpenAI-compatible client bound to one profile and one NodeContext.
+
+    Async methods: ``chat``, ``chat_stream``, ``embed``, ``raw``; ``.sync`` has blocking twins.
+    ``usage()`` gives the calls and tokens of this task run so far.
+    """
+
+    def __init__(
+        self,
+        ctx: "NodeContext",
+        profile_name: str,
+        profile: AetherLLMProfile,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        super().__init__(ctx)
+        self.profile_name = profile_name
+        self.profile = profile
+        self.provider = profile.provider
+        self._transport = transport
+        self._budget = BudgetGuard(ctx, profile_name, profile)
+        self._secrets: list[str] | None = None
+        self.last_response: dict[str, Any] | None = None
+        base = profile.base_url or _PROVIDER_URLS.get(self.provider)
+        if self.provider == "azure":
+            if not profile.base_url:
+                raise ConfigError(
+                    f"LLM profile {profile_name!r} uses provider 'azure' but has no base_url: set "
+                    "AetherLLMProfile(provider='azure', base_url='https://<resource>.openai.azure.com', model='<deployment>')"
+                )
+            base = profile.base_url.removesuffix("/openai")
+        elif base is None:
+            raise ConfigError(
+                f"LLM profile {profile_name!r} has provider {self.provider!r} and no base_url: set "
+                f"AetherLLMProfile(base_url='http://host:port/v1') (known providers: {', '.join(sorted(_PROVIDER_URLS))}, azure)"
+            )
+        self.base_url: str = base.rstrip("/")
+
+    def __repr__(self) -> str:
+        return (f"LLMService(profile={self.profile_name!r}, provider={self.provider!r}, "
+                f"model={self.profile.model!r}, base_url={self.base_url!r})")
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+
+    def _secret_list(self) -> list[str]:
+        """Values to mask in errors and artifacts: the key, header values, every secret of the config."""
+        if self._secrets is None:
+            found = secret_values(self.profile) | secret_values(self.ctx.config)
+            self._secrets = sorted(found, key=len, reverse=True)
+        return self._secrets
+
+    def _headers(self, extra: dict[str, str] | None = None, *, auth: bool = True) -> dict[str, str]:
+        """Request headers; the key is revealed here only, at the moment of sending."""
+        headers: dict[str, str] = {}
+        if auth and self.profile.headers is not None:
+            headers.update({str(k): str(v) for k, v in self.profile.headers.get_secret_value().items()})
+        key = self.profile.api_key
+        if auth and isinstance(key, SecretStr):
+            if self.provider == "azure":
+                headers["api-key"] = key.get_secret_value()
+            else:
+                headers["Authorization"] = f"Bearer {key.get_secret_value()}"
+        if self.profile.tag_requests:
+            if self.ctx.flow_run_id:
+                headers["X-Aether-Flow-Run-Id"] = self.ctx.flow_run_id
+            if self.ctx.task_run_id:
+                headers["X-Aether-Task-Run-Id"] = self.ctx.task_run_id
+        if extra:
+            headers.update(extra)
+        return headers
+
+    def _endpoint(self, endpoint: str, model: str | None) -> tuple[str, dict[str, str]]:
+        """URL and query params of an endpoint ('chat/completions', 'embeddings') for this provider."""
+        if self.provider == "azure":
+            if not model:
+                raise ConfigError(
+                    f"LLM profile {self.profile_name!r} (azure) needs a deployment name: set model= "
+                    "(chat) or embed_model= (embeddings) on the profile, or pass model="
+                )
+            version = self.profile.api_version or DEFAULT_AZURE_API_VERSION
+            return f"{self.base_url}/openai/deployments/{model}/{endpoint}", {"api-version": version}
+        return f"{self.base_url}/{endpoint}", {}
+
+    def _model(self, model: str | None, *, embed: bool = False) -> str:
+        chosen = model or (self.profile.embed_model if embed else self.profile.model)
+        if not chosen:
+            field = "embed_model" if embed else "model"
+            raise ConfigError(
+                f"LLM profile {self.profile_name!r} has no {field}: pass model=... or set "
+                f"AetherLLMProfile({field}='...')" + (" or AETHER_LLM_MODEL" if not embed else "")
+            )
+        return chosen
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        """Hold one of the context's ``max_concurrency`` slots (no cap when unset)."""
+        limit = self.ctx.max_concurrency
+        if not limit:
+            yield
+            return
+        sem: asyncio.Semaphore = self.ctx._service("llm-limiter", lambda: asyncio.Semaphore(limit))
+        async with sem:
+            yield
+
+    def _client(self) -> httpx.AsyncClient:
+        return llm_http.pooled_client(self._transport)
+
+    async def _reserve(self) -> Reservation | None:
+        return await self._budget.acquire() if self._budget.active else None
+
+    async def _account(self, res: Reservation | None, model: str, usage: Usage) -> None:
+        tracker(self.ctx).record(self.profile_name, model, usage)
+        if res is not None:
+            await self._budget.commit(res, usage)
+
+    async def _post_json(self, url: str, params: dict[str, str], body: dict[str, Any],
+                         extra_headers: dict[str, str] | None = None, *, auth: bool = True,
+                         method: str = "POST") -> httpx.Response:
+        """Send one request with retries (budget already reserved); the response is read."""
+        client = self._client()
+        request = client.build_request(
+            method, url, json=body, params=params or None, headers=self._headers(extra_headers, auth=auth),
+            timeout=httpx.Timeout(self.profile.timeout_s),
+        )
+        async with self._slot():
+            return await llm_http.send(
+                request, client=client, max_retries=self.profile.max_retries, timeout_s=self.profile.timeout_s,
+                profile=self.profile_name, secrets=self._secret_list(),
+            )
+
+    def _json_of(self, response: httpx.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            excerpt = llm_http.redact(response.text[:300], self._secret_list())
+            raise LLMError(
+                f"LLM reply from {response.request.url.copy_with(query=None)} is not JSON: {excerpt!r}. "
+                "Fix: check base_url points at an OpenAI-compatible API",
+                status=response.status_code,
+            ) from None
+
+    # -- chat -----------------------------------------------------------------------------------------------
+
+    def _chat_body(self, messages: list[dict[str, Any]], model: str, output_format: str,
+                   schema_spec: dict[str, Any] | None, max_output_tokens: int | None, tools: Any,
+                   tool_choice: Any, kw: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(kw) & _RESERVED_BODY_KEYS)
+        if reserved:
+            raise ValidationError(f"{reserved[0]!r} cannot be passed as an extra keyword; use the named parameters")
+        body: dict[str, Any] = {"messages": messages}
+        if self.provider != "azure":
+            body["model"] = model
+        if output_format == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        elif output_format == "json_schema":
+            body["response_format"] = {"type": "json_schema", "json_schema": schema_spec}
+        if max_output_tokens is not None:
+            if isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int) or max_output_tokens < 1:
+                raise ValidationError(f"max_output_tokens must be a positive int, got {max_output_tokens!r}")
+            body["max_tokens"] = max_output_tokens
+        if tools is not None:
+            body["tools"] = tools
+        if tool_choice is not None:
+            body["tool_choice"] = tool_choice
+        body.update(kw)
+        return body
+
+    async def chat(
+        self,
+        messages: Sequence[dict[str, Any]] | str,
+        *,
+        model: str | None = None,
+        output_format: OutputFormat = "text",
+        json_schema: dict[str, Any] | None = None,
+        max_output_tokens: int | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        validation_retries: int = 0,
+        **kw: Any,
+    ) -> tuple[str, dict[str, int]]:
+        """Send a chat completion; return ``(text, usage)``.
+
+        JSON modes check the reply (against ``json_schema`` when given) and, with ``validation_retries=N``,
+        re-ask up to N times with the problem appended; usage sums every attempt. The full reply (tool calls
+        included) is in ``self.last_response``.
+
+        Example::
+
+            text, usage = await context.llm().chat([{"role": "user", "content": "Say hi"}])
+        """
+        msgs = _check_messages(messages)
+        if output_format not in OUTPUT_FORMATS:
+            raise ValidationError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+        if output_format == "json_schema" and json_schema is None:
+            raise ValidationError("output_format='json_schema' needs json_schema={...} (a JSON schema dict)")
+        if isinstance(validation_retries, bool) or not isinstance(validation_retries, int) or validation_retries < 0:
+            raise ValidationError(f"validation_retries must be an int >= 0, got {validation_retries!r}")
+        spec = _schema_spec(json_schema) if json_schema is not None else None
+        model_name = self._model(model)
+        body = self._chat_body(msgs, model_name, output_format, spec, max_output_tokens, tools, tool_choice, kw)
+        url, params = self._endpoint("chat/completions", model_name)
+        total = Usage()
+        attempt = 0
+        while True:
+            res = await self._reserve()
+            response = await self._post_json(url, params, body)
+            data = self._json_of(response)
+            usage = Usage.from_provider(data.get("usage") if isinstance(data, dict) else None)
+            await self._account(res, model_name, usage)
+            total = total + usage
+            self.last_response = data
+            text = _reply_text(data)
+            await self._log_exchange(body["messages"], text, usage, model_name)
+            if output_format == "text":
+                return text, total.as_dict()
+            problem = _json_problem(text, spec["schema"] if spec else None)
+            if problem is None:
+                return text, total.as_dict()
+            if attempt >= validation_retries:
+                excerpt = llm_http.redact(text[:300], self._secret_list())
+                raise LLMInvalidOutput(
+                    f"LLM reply in {output_format} mode was rejected after {attempt + 1} attempt(s): {problem}. "
+                    f"Reply excerpt: {excerpt!r}. Fix: pass validation_retries=N to re-ask, simplify the schema, "
+                    "or use a model that supports structured output",
+                    excerpt=excerpt, attempts=attempt + 1,
+                )
+            attempt += 1
+            body = {**body, "messages": [*body["messages"], {"role": "assistant", "content": text},
+                                         {"role": "user", "content": f"Your previous reply was rejected: {problem}. "
+                                          "Answer again with only valid JSON" + (" matching the schema." if spec else ".")}]}
+
+    async def chat_stream(
+        self,
+        messages: Sequence[dict[str, Any]] | str,
+        *,
+        on_delta: OnDelta | None = None,
+        model: str | None = None,
+        max_output_tokens: int | None = None,
+        **kw: Any,
+    ) -> tuple[str, dict[str, int]]:
+        """Stream a chat completion over server-sent events; ``on_delta(text_piece)`` (sync or async) per piece.
+
+        Example::
+
+            text, usage = await context.llm().chat_stream(msgs, on_delta=lambda piece: print(piece, end=""))
+        """
+        msgs = _check_messages(messages)
+        model_name = self._model(model)
+        body = self._chat_body(msgs, model_name, "text", None, max_output_tokens, kw.pop("tools", None),
+                               kw.pop("tool_choice", None), kw)
+        body["stream"] = True
+        body.setdefault("stream_options", {"include_usage": True})
+        url, params = self._endpoint("chat/completions", model_name)
+        res = await self._reserve()
+        client = self._client()
+        request = client.build_request("POST", url, json=body, params=params or None, headers=self._headers(),
+                                       timeout=httpx.Timeout(self.profile.timeout_s))
+        pieces: list[str] = []
+        raw_usage: Any = None
+        async with self._slot():
+            response = await llm_http.send(
+                request, client=client, max_retries=self.profile.max_retries, timeout_s=self.profile.timeout_s,
+                profile=self.profile_name, secrets=self._secret_list(), stream=True,
+            )
+            try:
+                parser = _SSE()
+                async for line in response.aiter_lines():
+                    payload = parser.feed(line.rstrip("\r"))
+                    if payload is None:
+                        continue
+                    if payload.strip() == "[DONE]":
+                        break
+                    try:
+                        event = json.loads(payload)
+                    except ValueError:
+                        continue
+                    if event.get("usage"):
+                        raw_usage = event["usage"]
+                    for choice in event.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            pieces.append(piece)
+                            if on_delta is not None:
+                                await maybe_await(on_delta(piece))
+            except httpx.HTTPError as exc:
+                raise llm_http.transport_error(exc, url=url, profile=self.profile_name,
+                                               timeout_s=self.profile.timeout_s, secrets=self._secret_list(),
+                                               attempts=1) from None
+            finally:
+                await response.aclose()
+        text = "".join(pieces)
+        usage = Usage.from_provider(raw_usage)
+        await self._account(res, model_name, usage)
+        await self._log_exchange(msgs, text, usage, model_name)
+        return text, usage.as_dict()
+
+    # -- embeddings and raw ---------------------------------------------------------------------------------
+
+    async def embed(self, texts: Sequence[str], *, model: str | None = None,
+                    batch_size: int = EMBED_BATCH) -> list[list[float]]:
+        """Embed ``texts`` (batched, one budgeted call per batch); vectors in the order of ``texts``.
+
+        Example::
+
+            vectors = await context.llm().embed(["first text", "second text"])
+        """
+        if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise ValidationError(f"texts must be a list of str (wrap a single text in a list), got {type(texts).__name__}")
+        bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+        if bad is not None:
+            raise ValidationError(f"texts[{bad}] must be a str, got {type(texts[bad]).__name__}")
+        if not texts:
+            return []
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValidationError(f"batch_size must be a positive int, got {batch_size!r}")
+        model_name = self._model(model, embed=True)
+        url, params = self._endpoint("embeddings", model_name)
+        batches = [list(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
+
+        async def one(batch: list[str]) -> list[list[float]]:
+            res = await self._reserve()
+            body: dict[str, Any] = {"input": batch}
+            if self.provider != "azure":
+                body["model"] = model_name
+            data = self._json_of(await self._post_json(url, params, body))
+            await self._account(res, model_name, Usage.from_provider(data.get("usage")))
+            items = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
+            if len(items) != len(batch):
+                raise LLMError(f"embeddings reply has {len(items)} vectors for {len(batch)} inputs; "
+                               "Fix: check the embed_model and base_url of the profile")
+            return [list(map(float, d["embedding"])) for d in items]
+
+        results = await asyncio.gather(*(one(b) for b in batches))
+        return [v for part in results for v in part]
+
+    async def raw(
+        self,
+        *,
+        method: str = "POST",
+        path: str | None = None,
+        url: str | None = None,
+        json: Any = None,  # noqa: A002 - the name the tutorials use
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """Send a verbatim request to ``base_url + path`` (or ``url``); return the JSON reply (or text).
+
+        The profile's key is sent only to the profile's own origin. Counts as a call for budgets; usage in the
+        reply, if any, is added to the task run's table.
+
+        Example::
+
+            models = await context.llm().raw(method="GET", path="/models")
+        """
+        if (path is None) == (url is None):
+            raise ValidationError("raw() needs exactly one of path='/models' (relative to base_url) or url='https://...'")
+        target = url if url is not None else f"{self.base_url}/{str(path).lstrip('/')}"
+        if not target.startswith(("http://", "https://")):
+            raise ValidationError(f"url must start with http:// or https://, got {target!r}")
+        same_origin = urlsplit(target)[:2] == urlsplit(self.base_url)[:2]
+        res = await self._reserve()
+        response = await self._post_json(target, dict(params or {}), json, headers, auth=same_origin,
+                                          method=method.upper())
+        try:
+            data: Any = response.json()
+        except ValueError:
+            data = response.text
+        raw_usage = data.get("usage") if isinstance(data, dict) else None
+        await self._account(res, self.profile.model or "raw", Usage.from_provider(raw_usage))
+        return data
+
+    # -- observability --------------------------------------------------------------------------------------
+
+    def usage(self) -> list[UsageRow]:
+        """Calls and tokens of this task run so far, per profile and model (all profiles of the context)."""
+        return tracker(self.ctx).rows()
+
+    def usage_totals(self) -> UsageRow:
+        """This task run's calls and tokens summed over profiles and models."""
+        return tracker(self.ctx).totals()
+
+    async def _log_exchange(self, messages: list[dict[str, Any]], reply: str, usage: Usage, model: str) -> None:
+        """With ``log_exchanges``: one markdown artifact per exchange in the run, messages cut, secrets masked."""
+        if not self.profile.log_exchanges or not self.ctx.flow_run_id:
+            return
+        from prefect.client.schemas.actions import ArtifactCreate
+
+        from aether_prefect._prefect import prefect_client
+
+        md = exchange_markdown(messages, reply, usage, model=model, profile=self.profile_name,
+                               secrets=self._secret_list())
+        client = await prefect_client()
+        await client.create_artifact(ArtifactCreate(
+            type="markdown", data=md,
+            description=f"LLM exchange of {self.ctx.node_id} (profile {self.profile_name}, model {model})",
+            flow_run_id=UUID(self.ctx.flow_run_id),
+            task_run_id=UUID(self.ctx.task_run_id) if self.ctx.task_run_id else None,
+        ))
+
+
+def _cut(text: str, limit: int = EXCHANGE_MAX_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}\n[... cut: {len(text) - limit} more characters]"
+
+
+def exchange_markdown(messages: list[dict[str, Any]], reply: str, usage: Usage, *, model: str, profile: str,
+                      secrets: Sequence[str], limit: int = EXCHANGE_MAX_CHARS) -> str:
+    """The exchange as markdown: each message cut to ``limit`` characters, secrets masked, no headers."""
+
+    def block(text: str) -> str:
+        return "```text\n" + llm_http.redact(_cut(text, limit), secrets).replace("```", "'''") + "\n```"
+
+    parts = [f"## LLM exchange (profile `{profile}`, model `{model}`)",
+             f"Tokens: prompt {usage.prompt_tokens}, completion {usage.completion_tokens}, total {usage.total_tokens}"]
+    for m in messages:
+        content = m.get("content")
+        text = content if isinstance(content, str) else json.dumps(content, default=str)
+        if m.get("tool_calls"):
+            text += "\n[tool_calls] " + json.dumps(m["tool_calls"], default=str)
+        parts.append(f"### {m.get('role', '?')}\n{block(text)}")
+    parts.append(f"### reply\n{block(reply)}")
+    return "\n\n".join(parts)
+
+
+def create(ctx: "NodeContext", profile_name: str, profile: AetherLLMProfile) -> LLMService:
+    """Factory used by ``NodeContext.llm``: one service per context and profile (and overrides)."""
+    return LLMService(ctx, profile_name, profile)

@@ -1,0 +1,266 @@
+"""LLM usage accounting: calls and tokens per profile and model, one table artifact per task run and per flow run.
+
+Each context has one ``UsageTracker`` (``ctx._service("llm-usage", ...)``); closing the context publishes the
+task run's table. ``publish_flow_usage`` sums every task table of a flow run (whichever process wrote it,
+read back from the Prefect API) into one table keyed ``llm-usage-<flow name>``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from aether_prefect.context import NodeContext
+
+_log = logging.getLogger("aether_prefect.llm")
+
+#: metadata_ marker of the tables this module writes.
+MARK_KEY = "aether_prefect"
+TASK_MARK = "llm-usage-task"
+FLOW_MARK = "llm-usage-flow"
+COLUMNS = ["profile", "model", "calls", "prompt_tokens", "completion_tokens", "total_tokens"]
+
+
+class Usage(BaseModel):
+    """Tokens of one or more calls, whatever the provider named them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    @classmethod
+    def from_provider(cls, raw: Any) -> "Usage":
+        """Normalise OpenAI (prompt/completion), Responses/Anthropic (input/output) and Ollama (eval counts) usage."""
+        if not isinstance(raw, dict):
+            return cls()
+
+        def pick(*names: str) -> int:
+            for n in names:
+                v = raw.get(n)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    return int(v)
+            return 0
+
+        prompt = pick("prompt_tokens", "input_tokens", "prompt_eval_count")
+        completion = pick("completion_tokens", "output_tokens", "eval_count")
+        total = pick("total_tokens") or prompt + completion
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+            total_tokens=self.total_tokens + other.total_tokens,
+        )
+
+    def as_dict(self) -> dict[str, int]:
+        """The ``usage`` dict returned by chat(): prompt_tokens, completion_tokens, total_tokens."""
+        return self.model_dump()
+
+
+class UsageRow(BaseModel):
+    """One table row: calls and tokens of one profile and model."""
+
+    profile: str
+    model: str
+    calls: int = Field(default=0, ge=0)
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    total_tokens: int = Field(default=0, ge=0)
+
+    def add(self, usage: Usage, calls: int = 1) -> None:
+        """Count ``calls`` more calls and their tokens."""
+        self.calls += calls
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.total_tokens += usage.total_tokens
+
+
+def _sum_rows(rows: list[UsageRow]) -> list[UsageRow]:
+    """Rows merged per (profile, model), sorted."""
+    merged: dict[tuple[str, str], UsageRow] = {}
+    for r in rows:
+        acc = merged.setdefault((r.profile, r.model), UsageRow(profile=r.profile, model=r.model))
+        acc.add(Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                      total_tokens=r.total_tokens), calls=r.calls)
+    return [merged[k] for k in sorted(merged)]
+
+
+class UsageTracker:
+    """Calls and tokens of one context (one task run attempt), per profile and model; published on close."""
+
+    def __init__(self, ctx: "NodeContext") -> None:
+        self._ctx = ctx
+        self._rows: dict[tuple[str, str], UsageRow] = {}
+        self.published_artifact_id: str | None = None
+
+    def record(self, profile: str, model: str, usage: Usage) -> None:
+        """Count one call of ``profile``/``model`` with its usage."""
+        key = (profile, model or "?")
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = UsageRow(profile=key[0], model=key[1])
+        row.add(usage)
+
+    def rows(self) -> list[UsageRow]:
+        """Copies of the rows, sorted by profile and model."""
+        return [self._rows[k].model_copy() for k in sorted(self._rows)]
+
+    def totals(self) -> UsageRow:
+        """Everything summed (profile and model '*')."""
+        total = UsageRow(profile="*", model="*")
+        for r in self._rows.values():
+            total.add(Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
+                            total_tokens=r.total_tokens), calls=r.calls)
+        return total
+
+    async def aclose(self) -> None:
+        """Publish the table once, if calls were made inside a Prefect run."""
+        if not self._rows or not self._ctx.flow_run_id or self.published_artifact_id:
+            return
+        from prefect.client.schemas.actions import ArtifactCreate
+
+        from aether_prefect._prefect import prefect_client
+
+        client = await prefect_client()
+        scope = f"task run {self._ctx.node_id}" if self._ctx.task_run_id else "the flow body"
+        artifact = await client.create_artifact(
+            ArtifactCreate(
+                type="table",
+                data=json.dumps([r.model_dump() for r in self.rows()]),
+                description=f"LLM usage of {scope}: calls and tokens per profile and model (aether-prefect).",
+                metadata_={MARK_KEY: TASK_MARK},
+                flow_run_id=UUID(self._ctx.flow_run_id),
+                task_run_id=UUID(self._ctx.task_run_id) if self._ctx.task_run_id else None,
+            )
+        )
+        self.published_artifact_id = str(artifact.id)
+
+
+def tracker(ctx: "NodeContext") -> UsageTracker:
+    """The context's one UsageTracker (created on first use, closed with the context)."""
+    return ctx._service("llm-usage", lambda: UsageTracker(ctx))  # type: ignore[no-any-return]
+
+
+def flow_usage_key(flow_name: str) -> str:
+    """Artifact key of a flow's roll-up table: ``llm-usage-<flow name>`` sanitised to [a-z0-9-]."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", flow_name.lower()).strip("-") or "flow"
+    return f"llm-usage-{slug}"[:200]
+
+
+def _rows_of(data: Any) -> list[UsageRow]:
+    """UsageRows from a stored table artifact's data (JSON list of records)."""
+    if isinstance(data, str):
+        try:
+            data = json.loads(data)
+        except ValueError:
+            return []
+    if not isinstance(data, list):
+        return []
+    rows = []
+    for item in data:
+        try:
+            rows.append(UsageRow.model_validate(item))
+        except ValueError:
+            continue
+    return rows
+
+
+async def read_task_tables(flow_run_id: str) -> list[list[UsageRow]]:
+    """The usage tables that contexts of this flow run published (task runs and the flow body)."""
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    from aether_prefect._prefect import prefect_client
+
+    client = await prefect_client()
+    tables: list[list[UsageRow]] = []
+    offset = 0
+    while True:
+        page = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]),
+                type=ArtifactFilterType(any_=["table"]),
+            ),
+            limit=200,
+            offset=offset,
+        )
+        for art in page:
+            if (art.metadata_ or {}).get(MARK_KEY) == TASK_MARK:
+                tables.append(_rows_of(art.data))
+        if len(page) < 200:
+            return tables
+        offset += 200
+
+
+async def read_flow_usage(flow_run_id: str) -> list[UsageRow]:
+    """Calls and tokens of a whole flow run, per profile and model, summed from its task tables."""
+    return _sum_rows([r for table in await read_task_tables(flow_run_id) for r in table])
+
+
+async def _cached_task_runs(flow_run_id: str) -> int:
+    """How many task runs of the flow run took their result from Prefect's cache (they add no tokens)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateName,
+    )
+
+    from aether_prefect._prefect import prefect_client
+
+    client = await prefect_client()
+    runs = await client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
+        task_run_filter=TaskRunFilter(state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Cached"]))),
+    )
+    return len(runs)
+
+
+async def publish_flow_usage(flow_run_id: str, *, flow_name: str | None = None, quiet: bool = False) -> list[UsageRow]:
+    """Publish the flow run's roll-up table (key ``llm-usage-<flow name>``); call it at the end of a plain @flow.
+
+    Returns the rows. ``quiet=True`` (used by @aether_flow) publishes nothing when no LLM call was made and
+    logs instead of raising on API errors.
+    """
+    try:
+        return await _publish_flow_usage(flow_run_id, flow_name=flow_name, quiet=quiet)
+    except Exception as exc:
+        if not quiet:
+            raise
+        _log.warning("could not publish the LLM usage roll-up of flow run %s: %s", flow_run_id, exc)
+        return []
+
+
+async def _publish_flow_usage(flow_run_id: str, *, flow_name: str | None, quiet: bool) -> list[UsageRow]:
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    from aether_prefect._prefect import prefect_client
+
+    tables = await read_task_tables(flow_run_id)
+    rows = _sum_rows([r for t in tables for r in t])
+    if quiet and not rows:
+        return rows
+    client = await prefect_client()
+    if flow_name is None:
+        run = await client.read_flow_run(UUID(flow_run_id))
+        flow_name = (await client.read_flow(run.flow_id)).name
+    cached = await _cached_task_runs(flow_run_id)
+    total = _sum_rows([UsageRow(profile="TOTAL", model="*", **{k: getattr(r, k) for k in COLUMNS[2:]}) for r in rows])
+    await client.create_artifact(
+        ArtifactCreate(
+            key=flow_usage_key(flow_name),
+            type="table",
+            data=json.dumps([r.model_dump() for r in rows + total]),
+            description=(
+                f"LLM usage of flow run {flow_run_id} ({flow_name}): {len(tables)} usage table(s) summed"
+                + (f"; {cached} task run(s) came from Prefect's cache and added no tokens" if cached else "")
+                + " (aether-prefect)."
+            ),
+            metadata_={MARK_KEY: FLOW_MARK},
+            flow_run_id=UUID(flow_run_id),
+        )
+    )
+    return rows
