@@ -1,0 +1,604 @@
+"""KV on Prefect Variables: any str key, any JSON value, TTL, large values in the object store, no lost updates.
+
+``context.kv()`` returns a :class:`PrefectKV`; every I/O method is async and has
+a blocking twin under ``.sync`` (``context.kv().sync.get("k")``).
+
+Storage, per key (namespace ``ctx.kv_namespace``, default ``aether``):
+
+- the Prefect Variable ``<namespace>_k_<encoded key>`` (see ``kv_names``) holds an
+  envelope ``{"_aekv": 1, "k": key, "v": value, "x": expiry epoch or null}``;
+- when that envelope's JSON is over Prefect's 5000-character limit, the JSON
+  ``{"k", "v"}`` goes to the object store at ``kv/<namespace>/<variable name>/<sha256>.json``
+  and the variable holds ``{"_aekv": 1, "k", "b": {"ref", "sha", "n"}, "x"}``;
+  overwriting or deleting the key deletes the old blob;
+- TTL is checked on every read; ``purge_expired`` deletes expired variables.
+
+Consistency: ``set``/``delete`` are single writes, last writer wins (``set`` is one
+PATCH, plus a create the first time). ``incr``, ``expire``, ``list_append_unique``,
+``list_pop_all``, ``mset`` and writes of large values are read-modify-writes done
+under a per-key lease lock built on Prefect Variables (``kv_lock``), so concurrent
+tasks in any number of processes lose no update among themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import httpx
+import orjson
+
+from aether_prefect._prefect import prefect_client
+from aether_prefect._sync import async_cm
+from aether_prefect.errors import IntegrityError, KVError
+from aether_prefect.services import kv_names as names
+from aether_prefect.services.base import BoundService
+from aether_prefect.services.kv_lock import VariableLock
+
+if TYPE_CHECKING:
+    from aether_prefect.context import NodeContext
+    from aether_prefect.services.stores.base import ObjectStore
+
+MAX_VALUE_CHARS = 5000  # prefect.types.MAX_VARIABLE_VALUE_LENGTH: orjson length of a variable's value
+_MAX_INLINE_KEY = 1000  # longer keys live only in the blob (scan_prefix reads it back)
+_MAX_INT = 2**63 - 1
+_PAGE = 200  # Prefect returns at most 200 variables per filter call
+_MARK = "_aekv"
+_MISSING = object()
+
+
+# ---------------------------------------------------------------------------
+# Values: validation and envelopes
+# ---------------------------------------------------------------------------
+
+
+def _bad(key: str, path: str, why: str) -> KVError:
+    where = f" at {path}" if path else ""
+    return KVError(
+        f"cannot store KV key {key!r}: the value{where} {why}. KV values must be JSON: "
+        "None, bool, int, finite float, str, list, dict with str keys (convert dates to ISO strings, "
+        "sets to lists, bytes to base64 or store them with context.artifacts())"
+    )
+
+
+def check_value(key: str, value: Any, path: str = "") -> None:
+    """Raise KVError naming ``key`` (and where inside the value) unless ``value`` is plain JSON."""
+    if value is None or isinstance(value, (bool, str)):
+        return
+    if isinstance(value, int):
+        if abs(value) > _MAX_INT:
+            raise _bad(key, path, f"is an int beyond 64 bits ({value})")
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _bad(key, path, f"is {value!r}, which JSON cannot hold")
+        return
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_value(key, item, f"{path}[{i}]")
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise _bad(key, path, f"has a {type(k).__name__} dict key {k!r} (JSON object keys are str)")
+            check_value(key, item, f"{path}[{k!r}]")
+        return
+    raise _bad(key, path, f"is a {type(value).__name__}")
+
+
+def _dumps(key: str, obj: Any) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise _bad(key, "", f"cannot be serialised to JSON ({exc})") from None
+
+
+def _check_ttl(key: str, ttl_s: Any) -> float | None:
+    if ttl_s is None:
+        return None
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s) or ttl_s <= 0:
+        raise KVError(
+            f"ttl_s for KV key {key!r} must be a positive number of seconds or None, got {ttl_s!r} "
+            "(use delete() to remove a key now)"
+        )
+    return float(ttl_s)
+
+
+def _check_number(key: str, amount: Any) -> int | float:
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount):
+        raise KVError(f"incr amount for KV key {key!r} must be a finite int or float, got {amount!r}")
+    return amount
+
+
+class _Prepared:
+    """A value ready to write: the variable envelope, and the blob bytes when it does not fit."""
+
+    __slots__ = ("key", "envelope", "blob", "blob_key")
+
+    def __init__(self, key: str, envelope: dict[str, Any], blob: bytes | None, blob_key: str | None) -> None:
+        self.key = key
+        self.envelope = envelope
+        self.blob = blob
+        self.blob_key = blob_key
+
+
+def _blob_prefix(namespace: str, var_name: str) -> str:
+    return f"kv/{namespace}/{var_name}/"
+
+
+def prepare(namespace: str, var_name: str, key: str, value: Any, expires_at: float | None) -> _Prepared:
+    """Validate ``value`` and build what to write (inline envelope, or blob + reference)."""
+    check_value(key, value)
+    envelope = {_MARK: 1, "k": key, "v": value, "x": expires_at}
+    if len(_dumps(key, envelope)) <= MAX_VALUE_CHARS:
+        return _Prepared(key, envelope, None, None)
+    blob = _dumps(key, {"k": key, "v": value})
+    sha = hashlib.sha256(blob).hexdigest()
+    blob_key = f"{_blob_prefix(namespace, var_name)}{sha}.json"
+    inline_key = key if len(key) <= _MAX_INLINE_KEY else None
+    ref = {_MARK: 1, "k": inline_key, "b": {"ref": blob_key, "sha": sha, "n": len(blob)}, "x": expires_at}
+    return _Prepared(key, ref, blob, blob_key)
+
+
+def _envelope(var: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The envelope in a variable, or a synthetic one for a variable someone wrote by hand."""
+    if var is None:
+        return None
+    value = var.get("value")
+    if isinstance(value, dict) and value.get(_MARK) == 1:
+        return value
+    return {_MARK: 1, "k": None, "v": value, "x": None}
+
+
+def _alive(env: dict[str, Any], now: float | None = None) -> bool:
+    exp = env.get("x")
+    return not isinstance(exp, (int, float)) or (now or time.time()) < exp
+
+
+def _blob_ref(env: dict[str, Any] | None) -> str | None:
+    if env is None or not isinstance(env.get("b"), dict):
+        return None
+    ref = env["b"].get("ref")
+    return ref if isinstance(ref, str) else None
+
+
+# ---------------------------------------------------------------------------
+# Prefect Variables API on the shared per-loop client
+# ---------------------------------------------------------------------------
+
+
+class VariablesAPI:
+    """Thin calls to Prefect's ``/variables`` routes on the process's PrefectClient (no client per call)."""
+
+    async def _http(self) -> httpx.AsyncClient:
+        return (await prefect_client())._client
+
+    async def _call(self, method: str, url: str, *, json: Any = None, ok_missing: int | None = None) -> httpx.Response | None:
+        http = await self._http()
+        try:
+            return await http.request(method, url, json=json)
+        except httpx.HTTPStatusError as exc:
+            if ok_missing is not None and exc.response.status_code == ok_missing:
+                return None
+            raise KVError(
+                f"Prefect API answered {exc.response.status_code} to {method} {url}: {exc.response.text[:300]}"
+            ) from None
+        except httpx.TransportError as exc:
+            raise KVError(
+                f"cannot reach the Prefect API for {method} {url} ({type(exc).__name__}: {exc}); "
+                "check PREFECT_API_URL and that the server is running"
+            ) from None
+
+    async def read(self, name: str) -> dict[str, Any] | None:
+        """The variable named ``name`` (id, name, value...), or None."""
+        resp = await self._call("GET", f"/variables/name/{name}", ok_missing=404)
+        return None if resp is None else resp.json()  # type: ignore[no-any-return]
+
+    async def read_many(self, names_: list[str]) -> dict[str, dict[str, Any]]:
+        """Variables by name, at most 200 per request."""
+        out: dict[str, dict[str, Any]] = {}
+        for i in range(0, len(names_), _PAGE):
+            chunk = names_[i : i + _PAGE]
+            resp = await self._call(
+                "POST", "/variables/filter",
+                json={"variables": {"name": {"any_": chunk}}, "limit": len(chunk)},
+            )
+            assert resp is not None
+            for var in resp.json():
+                out[var["name"]] = var
+        return out
+
+    async def scan(self, like: str, *, offset: int, limit: int = _PAGE) -> list[dict[str, Any]]:
+        """One page of variables whose name contains ``like`` (SQL LIKE, ``_`` is a wildcard), by name."""
+        resp = await self._call(
+            "POST", "/variables/filter",
+            json={"variables": {"name": {"like_": like}}, "offset": offset, "limit": limit, "sort": "NAME_ASC"},
+        )
+        assert resp is not None
+        return resp.json()  # type: ignore[no-any-return]
+
+    async def patch(self, name: str, value: Any) -> bool:
+        """Replace the value of an existing variable; False if there is none."""
+        return await self._call("PATCH", f"/variables/name/{name}", json={"value": value}, ok_missing=404) is not None
+
+    async def create(self, name: str, value: Any) -> dict[str, Any] | None:
+        """Create a variable; None if the name is taken (409)."""
+        resp = await self._call("POST", "/variables/", json={"name": name, "value": value}, ok_missing=409)
+        return None if resp is None else resp.json()  # type: ignore[no-any-return]
+
+    async def put(self, name: str, value: Any, *, exists: bool = True) -> None:
+        """Write ``value`` whether or not the variable exists; one request when ``exists`` is guessed right."""
+        for _ in range(5):
+            if exists:
+                if await self.patch(name, value):
+                    return
+                exists = False
+            if await self.create(name, value) is not None:
+                return
+            exists = True
+        raise KVError(f"could not write variable {name!r}: it kept appearing and disappearing; retry")
+
+    async def delete(self, name: str) -> bool:
+        """Delete by name; False if there was none."""
+        return await self._call("DELETE", f"/variables/name/{name}", ok_missing=404) is not None
+
+    async def delete_id(self, var_id: str) -> bool:
+        """Delete one variable instance by id; False if it is gone."""
+        return await self._call("DELETE", f"/variables/{var_id}", ok_missing=404) is not None
+
+    async def patch_id(self, var_id: str, value: Any) -> bool:
+        """Replace the value of one variable instance by id; False if it is gone."""
+        return await self._call("PATCH", f"/variables/{var_id}", json={"value": value}, ok_missing=404) is not None
+
+
+# ---------------------------------------------------------------------------
+# The service
+# ---------------------------------------------------------------------------
+
+
+class PrefectKV(BoundService):
+    """Key-value store on Prefect Variables (AetherGraph's ``context.kv()`` API).
+
+    Example::
+
+        kv = context.kv()
+        await kv.set("greeting", {"text": "hi"}, ttl_s=3600)
+        assert await kv.get("greeting") == {"text": "hi"}
+        n = await kv.incr("runs")            # exact across processes
+        n = kv.sync.incr("runs")              # from a sync task
+    """
+
+    def __init__(
+        self,
+        ctx: "NodeContext",
+        *,
+        namespace: str | None = None,
+        lock_lease_s: float = 30.0,
+        lock_timeout_s: float = 120.0,
+        api: VariablesAPI | None = None,
+    ) -> None:
+        super().__init__(ctx)
+        self.namespace = names.check_namespace(namespace or ctx.kv_namespace)
+        self.lock_lease_s = lock_lease_s
+        self.lock_timeout_s = lock_timeout_s
+        self._api = api or VariablesAPI()
+        self._store: "ObjectStore | None" = None
+
+    def __repr__(self) -> str:
+        return f"PrefectKV(namespace={self.namespace!r})"
+
+    # -- helpers ------------------------------------------------------------
+
+    def _name(self, key: str) -> str:
+        return names.variable_name(self.namespace, key)
+
+    def _store_(self) -> "ObjectStore":
+        if self._store is None:
+            self._store = self.ctx.store()
+        return self._store
+
+    def _lock(self, key: str, *, lease_s: float | None = None, timeout_s: float | None = None) -> VariableLock:
+        return VariableLock(
+            self._api,
+            names.variable_name(self.namespace, key, names.LOCK_KIND),
+            lease_s=self.lock_lease_s if lease_s is None else lease_s,
+            timeout_s=self.lock_timeout_s if timeout_s is None else timeout_s,
+            label=key,
+        )
+
+    async def _load(self, key: str, name: str, var: dict[str, Any] | None) -> tuple[bool, Any, dict[str, Any] | None]:
+        """(alive, value, envelope) of a variable, reading the blob if needed; re-reads when a blob vanished."""
+        for _ in range(4):
+            env = _envelope(var)
+            if env is None or not _alive(env):
+                return False, None, env
+            ref = _blob_ref(env)
+            if ref is None:
+                return True, env.get("v"), env
+            from aether_prefect.services.stores.base import ObjectNotFound
+
+            try:
+                data = await anyio.to_thread.run_sync(self._store_().get_bytes, ref)
+            except ObjectNotFound:
+                var = await self._api.read(name)  # overwritten meanwhile: read the new value
+                continue
+            if hashlib.sha256(data).hexdigest() != env["b"].get("sha"):
+                raise IntegrityError(f"KV key {key!r}: the stored large value {ref} does not match its sha256")
+            return True, orjson.loads(data)["v"], env
+        raise KVError(f"KV key {key!r} kept changing while being read; retry")
+
+    async def _blob_keys(self, name: str) -> list[str]:
+        prefix = _blob_prefix(self.namespace, name)
+        return await anyio.to_thread.run_sync(lambda: list(self._store_().list_keys(prefix)))
+
+    async def _delete_blobs(self, keys: Iterable[str]) -> None:
+        store = self._store_()
+        for k in keys:
+            await anyio.to_thread.run_sync(store.delete, k)
+
+    async def _collect_garbage(self, key: str, name: str) -> None:
+        """After an unlocked write or delete: remove blobs the variable no longer references (under the lock)."""
+        if not await self._blob_keys(name):
+            return
+        async with self._lock(key):
+            keep = _blob_ref(_envelope(await self._api.read(name)))
+            await self._delete_blobs(k for k in await self._blob_keys(name) if k != keep)
+
+    async def _write_locked(self, prep: _Prepared, name: str, old: dict[str, Any] | None) -> None:
+        """Write ``prep`` while holding the key's lock: blob first, then the variable, then old blobs go."""
+        if prep.blob is not None:
+            await anyio.to_thread.run_sync(self._store_().put_bytes, prep.blob_key, prep.blob)
+        await self._api.put(name, prep.envelope, exists=old is not None)
+        if prep.blob is not None or _blob_ref(_envelope(old)) is not None:
+            await self._delete_blobs(k for k in await self._blob_keys(name) if k != prep.blob_key)
+
+    async def _delete_locked(self, name: str, old: dict[str, Any] | None) -> None:
+        await self._api.delete(name)
+        if _blob_ref(_envelope(old)) is not None:
+            await self._delete_blobs(await self._blob_keys(name))
+
+    # -- public API -----------------------------------------------------------
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it is missing or expired (one GET)."""
+        name = self._name(key)
+        alive, value, _ = await self._load(key, name, await self._api.read(name))
+        return value if alive else default
+
+    async def exists(self, key: str) -> bool:
+        """True if ``key`` holds a value that has not expired."""
+        name = self._name(key)
+        var = await self._api.read(name)
+        env = _envelope(var)
+        return env is not None and _alive(env)
+
+    async def set(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
+        """Store ``value`` (any JSON) at ``key``, expiring after ``ttl_s`` seconds if given.
+
+        One PATCH when the key exists (create on 404); values over Prefect's size
+        limit go to the object store under the key's lock. Bad values raise KVError
+        before anything is written.
+        """
+        name = self._name(key)
+        ttl = _check_ttl(key, ttl_s)
+        prep = prepare(self.namespace, name, key, value, time.time() + ttl if ttl else None)
+        if prep.blob is not None:
+            async with self._lock(key):
+                await self._write_locked(prep, name, await self._api.read(name))
+            return
+        await self._api.put(name, prep.envelope)
+        await self._collect_garbage(key, name)
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key`` (and its large-value blob); a missing key is not an error."""
+        name = self._name(key)
+        await self._api.delete(name)
+        await self._collect_garbage(key, name)
+
+    async def mget(self, keys: list[str]) -> list[Any]:
+        """Values of ``keys`` in order (None where missing or expired); one request per 200 keys."""
+        keys = list(keys)
+        key_names = [self._name(k) for k in keys]
+        found = await self._api.read_many(sorted(set(key_names)))
+        out: list[Any] = []
+        for key, name in zip(keys, key_names):
+            alive, value, _ = await self._load(key, name, found.get(name))
+            out.append(value if alive else None)
+        return out
+
+    async def mset(self, mapping: Mapping[str, Any], *, ttl_s: float | None = None) -> None:
+        """Set several keys; every value is validated before any write; each key written under its lock.
+
+        Not atomic across keys: a failure part-way leaves the earlier keys written.
+        """
+        ttl = _check_ttl("<mset>", ttl_s)
+        exp = time.time() + ttl if ttl else None
+        prepared = [(self._name(k), prepare(self.namespace, self._name(k), k, v, exp)) for k, v in mapping.items()]
+        limiter = anyio.Semaphore(8)
+
+        async def one(name: str, prep: _Prepared) -> None:
+            async with limiter, self._lock(prep.key):
+                await self._write_locked(prep, name, await self._api.read(name))
+
+        async with anyio.create_task_group() as tg:
+            for name, prep in prepared:
+                tg.start_soon(one, name, prep)
+
+    async def expire(self, key: str, ttl_s: float) -> bool:
+        """Make ``key`` expire ``ttl_s`` seconds from now; False if it does not exist (or already expired)."""
+        name = self._name(key)
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s):
+            raise KVError(f"ttl_s for KV key {key!r} must be a number of seconds, got {ttl_s!r}")
+        async with self._lock(key):
+            var = await self._api.read(name)
+            env = _envelope(var)
+            if env is None or not _alive(env):
+                return False
+            if env.get("k") is None and _blob_ref(env) is None:
+                env = {_MARK: 1, "k": key, "v": env.get("v"), "x": None}
+            await self._api.put(name, {**env, "x": time.time() + ttl_s})
+            return True
+
+    async def incr(self, key: str, amount: int | float = 1) -> int | float:
+        """Add ``amount`` to the number at ``key`` (missing or expired = 0) and return the new value.
+
+        Exact under concurrency across processes (per-key lock); the key's expiry is kept.
+        """
+        name = self._name(key)
+        _check_number(key, amount)
+        async with self._lock(key):
+            var = await self._api.read(name)
+            alive, current, env = await self._load(key, name, var)
+            if not alive:
+                current, exp = 0, None
+            else:
+                exp = env.get("x") if env else None
+            if isinstance(current, bool) or not isinstance(current, (int, float)):
+                raise KVError(f"cannot incr KV key {key!r}: it holds a {type(current).__name__}, not a number")
+            new = current + amount
+            await self._write_locked(prepare(self.namespace, name, key, new, exp), name, var)
+            return new
+
+    async def list_append_unique(
+        self, key: str, items: list[dict[str, Any]], id_key: str = "id", *, ttl_s: float | None = None
+    ) -> list[dict[str, Any]]:
+        """Append the dicts in ``items`` whose ``item[id_key]`` is not in the list yet; return the whole list.
+
+        Exact under concurrency across processes (per-key lock). ``ttl_s`` sets a new
+        expiry; without it the list keeps its expiry.
+        """
+        name = self._name(key)
+        ttl = _check_ttl(key, ttl_s)
+        items = list(items)
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or id_key not in item:
+                raise KVError(f"list_append_unique({key!r}): item {i} must be a dict with an {id_key!r} entry, got {item!r}")
+        check_value(key, items)
+        async with self._lock(key):
+            var = await self._api.read(name)
+            alive, current, env = await self._load(key, name, var)
+            if not alive or current is None:
+                current, exp = [], None
+            else:
+                exp = env.get("x") if env else None
+            if not isinstance(current, list):
+                raise KVError(f"cannot list_append_unique to KV key {key!r}: it holds a {type(current).__name__}, not a list")
+            seen = {_ident(x.get(id_key)) for x in current if isinstance(x, dict)}
+            for item in items:
+                ident = _ident(item[id_key])
+                if ident not in seen:
+                    seen.add(ident)
+                    current.append(item)
+            if ttl:
+                exp = time.time() + ttl
+            await self._write_locked(prepare(self.namespace, name, key, current, exp), name, var)
+            return current
+
+    async def list_pop_all(self, key: str) -> list[Any]:
+        """Remove ``key`` and return the list it held ([] if missing or expired). Atomic across processes."""
+        name = self._name(key)
+        async with self._lock(key):
+            var = await self._api.read(name)
+            alive, current, _ = await self._load(key, name, var)
+            if var is None:
+                return []
+            if alive and not isinstance(current, list):
+                raise KVError(f"cannot list_pop_all KV key {key!r}: it holds a {type(current).__name__}, not a list")
+            await self._delete_locked(name, var)
+            return list(current) if alive else []
+
+    async def scan_prefix(self, prefix: str, limit: int = 1000) -> list[str]:
+        """User keys starting with ``prefix`` (not expired), sorted; at most ``limit`` of them.
+
+        Returns keys, like Redis SCAN; read values with ``mget(keys)``.
+        """
+        names.check_key(prefix)
+        found: list[str] = []
+        async for key, _var, env in self._iter(names.scan_name_prefix(self.namespace, prefix)):
+            if len(found) >= limit:
+                break
+            if key.startswith(prefix) and _alive(env):
+                found.append(key)
+        return sorted(found)
+
+    async def purge_expired(self, limit: int = 1000) -> int:
+        """Delete up to ``limit`` expired keys of this namespace (and their blobs); return how many."""
+        now = time.time()
+        expired: list[str] = []
+        async for key, _var, env in self._iter(names.name_prefix(self.namespace)):
+            if len(expired) >= limit:
+                break
+            if not _alive(env, now):
+                expired.append(key)
+        removed = 0
+        for key in expired:
+            name = self._name(key)
+            async with self._lock(key):
+                var = await self._api.read(name)
+                env = _envelope(var)
+                if env is not None and not _alive(env):
+                    await self._delete_locked(name, var)
+                    removed += 1
+        return removed
+
+    @async_cm
+    @contextlib.asynccontextmanager
+    async def lock(self, key: str, *, lease_s: float | None = None, timeout_s: float | None = None) -> AsyncIterator[None]:
+        """``async with kv.lock("k"):`` the per-key lock incr and list_* use, for your own read-modify-writes.
+
+        Do not call incr/list_*/expire/mset on the same key inside it (the lock is not re-entrant).
+        """
+        names.check_key(key)
+        async with self._lock(key, lease_s=lease_s, timeout_s=timeout_s):
+            yield
+
+    async def _iter(self, name_prefix: str) -> AsyncIterator[tuple[str, dict[str, Any], dict[str, Any]]]:
+        """(user key, variable, envelope) of every value variable whose name starts with ``name_prefix``."""
+        offset = 0
+        while True:
+            page = await self._api.scan(name_prefix, offset=offset)
+            for var in page:
+                name = var.get("name", "")
+                if not name.startswith(name_prefix):
+                    continue
+                env = _envelope(var)
+                if env is None:
+                    continue
+                key = env.get("k")
+                if key is None and _blob_ref(env) is not None:
+                    key = await self._key_from_blob(env)
+                if isinstance(key, str) and self._name(key) == name:
+                    yield key, var, env
+            if len(page) < _PAGE:
+                return
+            offset += len(page)
+
+
+    async def _key_from_blob(self, env: dict[str, Any]) -> str | None:
+        from aether_prefect.services.stores.base import ObjectNotFound
+
+        try:
+            data = await anyio.to_thread.run_sync(self._store_().get_bytes, _blob_ref(env))
+        except ObjectNotFound:
+            return None
+        key = orjson.loads(data).get("k")
+        return key if isinstance(key, str) else None
+
+
+def _ident(value: Any) -> bytes:
+    """A hashable identity for any JSON id value (ids may be dicts or lists)."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def create(ctx: "NodeContext") -> PrefectKV:
+    """Factory used by ``NodeContext.kv()``."""
+    return PrefectKV(ctx)
+
+
+__all__ = ["PrefectKV", "VariablesAPI", "check_value", "create"]

@@ -1,0 +1,341 @@
+"""KV on Prefect Variables, against the session's real Prefect server (and real child processes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import flow
+
+from aether_prefect import NodeContext, aether_task
+from aether_prefect._prefect import prefect_client
+from aether_prefect._sync import run_sync
+from aether_prefect.blocks import AetherConfig
+from aether_prefect.errors import KVError
+from aether_prefect.services import kv_names
+from aether_prefect.services.kv import PrefectKV, VariablesAPI
+from aether_prefect.session import open_session_sync
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture()
+def kv(local_config: AetherConfig) -> Iterator[PrefectKV]:
+    """A KV service in a fresh namespace on a fresh local store."""
+    with open_session_sync(config=local_config) as ctx:
+        yield ctx.kv()
+
+
+def raw_read(name: str) -> Any:
+    """The variable as the Prefect API has it (None if absent)."""
+    return run_sync(VariablesAPI().read(name))
+
+
+def blobs(kv: PrefectKV) -> list[str]:
+    return list(kv.ctx.store().list_keys(f"kv/{kv.namespace}/"))
+
+
+ODD_KEYS = ["My Key", "my key", "a/b.c", "ключ", "k" * 300, "K" * 300, "Ab", "ab", "a_b", "a-b", "", "🙂 x"]
+
+
+def test_odd_keys_round_trip_and_stay_distinct(kv: PrefectKV) -> None:
+    for i, key in enumerate(ODD_KEYS):
+        kv.sync.set(key, {"i": i, "key": key})
+    names = {kv_names.variable_name(kv.namespace, k) for k in ODD_KEYS}
+    assert len(names) == len(ODD_KEYS)
+    assert all(len(n) <= 255 and set(n) <= set("abcdefghijklmnopqrstuvwxyz0123456789-_") for n in names)
+    assert kv.sync.mget(ODD_KEYS) == [{"i": i, "key": k} for i, k in enumerate(ODD_KEYS)]
+    for i, key in enumerate(ODD_KEYS):
+        assert kv.sync.get(key) == {"i": i, "key": key}
+    assert sorted(kv.sync.scan_prefix("")) == sorted(ODD_KEYS)
+    assert kv.sync.scan_prefix("a") == ["a-b", "a/b.c", "a_b", "ab"]
+    assert kv.sync.scan_prefix("k" * 250) == ["k" * 300]
+    assert kv.sync.scan_prefix("my") == ["my key"]
+
+
+def test_set_get_delete_exists_and_default(kv: PrefectKV) -> None:
+    assert kv.sync.get("nope") is None and kv.sync.get("nope", 7) == 7 and kv.sync.exists("nope") is False
+    for value in [None, True, 0, -3.5, "txt", [1, [2, {"a": None}]], {"x": {"y": [1.5, "z"]}}]:
+        kv.sync.set("v", value)
+        assert kv.sync.get("v", "default") == value and kv.sync.exists("v") is True
+    kv.sync.delete("v")
+    kv.sync.delete("v")  # missing: no error
+    assert kv.sync.get("v", "gone") == "gone" and raw_read(kv_names.variable_name(kv.namespace, "v")) is None
+
+
+def test_overwrite_of_existing_key_is_one_request(kv: PrefectKV) -> None:
+    kv.sync.set("hot", 1)
+    seen: list[str] = []
+
+    async def count() -> None:
+        client = await prefect_client()
+
+        async def hook(request: Any) -> None:
+            seen.append(f"{request.method} {request.url.path}")
+
+        client._client.event_hooks["request"].append(hook)
+        try:
+            await kv.set("hot", 2)
+        finally:
+            client._client.event_hooks["request"].remove(hook)
+
+    run_sync(count())
+    assert len(seen) == 1 and seen[0].startswith("PATCH"), seen
+    assert kv.sync.get("hot") == 2
+
+
+def test_large_value_round_trips_and_blobs_are_cleaned(kv: PrefectKV) -> None:
+    big = {"rows": [{"n": i, "s": "x" * 90} for i in range(10_000)]}  # about 1 MB of JSON
+    assert len(json.dumps(big)) > 1_000_000
+    kv.sync.set("big", big)
+    assert kv.sync.get("big") == big and len(blobs(kv)) == 1
+    var = raw_read(kv_names.variable_name(kv.namespace, "big"))
+    assert "b" in var["value"] and len(json.dumps(var["value"])) < 5000
+    big2 = {"rows": big["rows"][:5000]}
+    kv.sync.set("big", big2)
+    assert kv.sync.get("big") == big2 and len(blobs(kv)) == 1
+    kv.sync.set("big", "small now")
+    assert kv.sync.get("big") == "small now" and blobs(kv) == []
+    kv.sync.set("big", big)
+    kv.sync.set("other", big)  # same bytes under another key: its own blob
+    assert len(blobs(kv)) == 2
+    kv.sync.delete("big")
+    assert kv.sync.get("big") is None and len(blobs(kv)) == 1
+    with pytest.raises(KVError, match="not a list"):
+        kv.sync.list_pop_all("other")
+    kv.sync.set("edge", "é" * 2400)  # just over the limit once JSON-encoded with the envelope
+    assert kv.sync.get("edge") == "é" * 2400
+
+
+def test_ttl_expiry_expire_and_purge(kv: PrefectKV) -> None:
+    kv.sync.set("short", "v", ttl_s=1)
+    kv.sync.set("long", "v", ttl_s=3600)
+    kv.sync.set("forever", "v")
+    kv.sync.set("bigshort", "y" * 6000, ttl_s=1)
+    assert kv.sync.get("short") == "v" and kv.sync.exists("short")
+    assert kv.sync.expire("forever", 1) is True and kv.sync.expire("absent", 1) is False
+    time.sleep(1.3)
+    assert kv.sync.get("short", "expired") == "expired" and not kv.sync.exists("short")
+    assert kv.sync.get("forever") is None and kv.sync.get("long") == "v"
+    assert kv.sync.scan_prefix("") == ["long"]
+    assert kv.sync.incr("short") == 1  # expired counts as missing
+    assert len(blobs(kv)) == 1
+    assert kv.sync.purge_expired() == 2  # forever, bigshort ("short" was revived by incr)
+    assert raw_read(kv_names.variable_name(kv.namespace, "forever")) is None and blobs(kv) == []
+    assert kv.sync.get("long") == "v" and kv.sync.purge_expired() == 0
+
+
+def test_namespace_isolation(local_config: AetherConfig) -> None:
+    other = AetherConfig(store=local_config.store, kv_namespace=local_config.kv_namespace + "-b")
+    with open_session_sync(config=local_config) as a, open_session_sync(config=other) as b:
+        a.kv().sync.set("shared", "A")
+        b.kv().sync.set("shared", "B")
+        a.kv().sync.incr("n", 5)
+        assert a.kv().sync.get("shared") == "A" and b.kv().sync.get("shared") == "B"
+        assert b.kv().sync.get("n") is None and b.kv().sync.incr("n") == 1
+        assert a.kv().sync.scan_prefix("") == ["n", "shared"] and b.kv().sync.scan_prefix("") == ["n", "shared"]
+        b.kv().sync.delete("shared")
+        assert a.kv().sync.get("shared") == "A"
+    with open_session_sync(config=local_config, kv_namespace=local_config.kv_namespace + "-c") as c:
+        assert c.kv().namespace.endswith("-c") and c.kv().sync.get("shared") is None
+
+
+class _Obj:
+    pass
+
+
+@pytest.mark.parametrize(
+    "value, fragment",
+    [
+        (math.nan, "nan"),
+        ({"a": [1, math.inf]}, "['a'][1]"),
+        ({1, 2}, "set"),
+        (b"raw", "bytes"),
+        (datetime(2024, 1, 1), "datetime"),
+        ({1: "x"}, "int dict key"),
+        ({"ok": {("t",): 1}}, "tuple dict key"),
+        (_Obj(), "_Obj"),
+        (2**70, "beyond 64 bits"),
+    ],
+)
+def test_bad_values_raise_before_any_write(kv: PrefectKV, value: Any, fragment: str) -> None:
+    key = f"bad key {uuid.uuid4().hex[:6]}"
+    for call in (lambda: kv.sync.set(key, value), lambda: kv.sync.mset({"fine": 1, key: value}),
+                 lambda: kv.sync.list_append_unique(key, [{"id": 1, "v": value}])):
+        with pytest.raises(KVError) as err:
+            call()
+        assert repr(key) in str(err.value) and fragment in str(err.value)
+    assert raw_read(kv_names.variable_name(kv.namespace, key)) is None
+    assert kv.sync.get("fine") is None  # mset wrote nothing
+
+
+def test_bad_arguments(kv: PrefectKV) -> None:
+    with pytest.raises(KVError, match="must be str"):
+        kv.sync.set(123, "v")  # type: ignore[arg-type]
+    with pytest.raises(KVError, match="ttl_s"):
+        kv.sync.set("k", "v", ttl_s=-1)
+    with pytest.raises(KVError, match="amount"):
+        kv.sync.incr("k", "1")  # type: ignore[arg-type]
+    kv.sync.set("s", "text")
+    with pytest.raises(KVError, match="not a number"):
+        kv.sync.incr("s")
+    with pytest.raises(KVError, match="must be a dict"):
+        kv.sync.list_append_unique("l", [{"no-id": 1}])
+    assert kv.sync.get("s") == "text" and kv.sync.get("l") is None
+
+
+def test_incr_lists_mget_mset(kv: PrefectKV) -> None:
+    assert kv.sync.incr("c") == 1 and kv.sync.incr("c", 41) == 42 and kv.sync.incr("c", 0.5) == 42.5
+    kv.sync.set("t", 10, ttl_s=3600)
+    assert kv.sync.incr("t") == 11
+    env = raw_read(kv_names.variable_name(kv.namespace, "t"))["value"]
+    assert env["x"] is not None and env["x"] > time.time() + 3000  # incr kept the expiry
+    out = kv.sync.list_append_unique("l", [{"id": 1, "v": "a"}, {"id": 2}, {"id": 1, "v": "dup"}])
+    assert out == [{"id": 1, "v": "a"}, {"id": 2}]
+    assert kv.sync.list_append_unique("l", [{"id": 2}, {"id": 3}]) == [{"id": 1, "v": "a"}, {"id": 2}, {"id": 3}]
+    assert kv.sync.list_append_unique("m", [{"key": "x"}], id_key="key") == [{"key": "x"}]
+    assert kv.sync.list_pop_all("l") == [{"id": 1, "v": "a"}, {"id": 2}, {"id": 3}]
+    assert kv.sync.list_pop_all("l") == [] and kv.sync.get("l") is None
+    kv.sync.mset({"a": 1, "b": [2], "c d": {"e": 3}, "huge": "z" * 7000}, ttl_s=600)
+    assert kv.sync.mget(["a", "b", "missing", "c d", "huge"]) == [1, [2], None, {"e": 3}, "z" * 7000]
+    assert kv.sync.mget([]) == []
+
+
+def test_user_lock_and_sync_twin_of_lock(kv: PrefectKV) -> None:
+    with kv.sync.lock("guarded", lease_s=5):
+        with pytest.raises(KVError, match="could not lock"):
+            run_sync(_try_incr(kv, "guarded"))
+    assert kv.sync.incr("guarded") == 1
+
+
+async def _try_incr(kv: PrefectKV, key: str) -> Any:
+    async with kv._lock(key, timeout_s=0.3):
+        return None
+
+
+def test_inside_a_flow_with_sync_tasks(local_config: AetherConfig) -> None:
+    @aether_task(config=local_config)
+    def count(n: int, *, context: NodeContext) -> int:
+        for _ in range(n):
+            context.kv().sync.incr("task-count")
+        context.kv().sync.list_append_unique("nodes", [{"id": context.task_run_id}])
+        return int(context.kv().sync.get("task-count"))
+
+    @flow(name="kv-flow")
+    def f() -> list[int]:
+        futs = [count.submit(3) for _ in range(3)]
+        return [fu.result() for fu in futs]
+
+    counts = f()
+    assert max(counts) == 9 and all(3 <= c <= 9 for c in counts)
+    with open_session_sync(config=local_config) as ctx:
+        assert ctx.kv().sync.get("task-count") == 9 and len(ctx.kv().sync.get("nodes")) == 3
+
+
+# -- several processes --------------------------------------------------------
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, os, sys, time
+    from aether_prefect.blocks import AetherConfig, AetherObjectStore
+    from aether_prefect.session import open_session
+
+    ns, root, mode, worker = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+    async def main():
+        cfg = AetherConfig(kv_namespace=ns, store=AetherObjectStore(backend="local", root=root))
+        async with open_session(config=cfg) as ctx:
+            kv = ctx.kv()
+            if mode == "contend":
+                await kv.get("warm")
+                print("READY", flush=True)
+                while not os.path.exists(os.path.join(root, "go")):
+                    await asyncio.sleep(0.02)
+                seen = []
+                for i in range(50):
+                    seen.append(await kv.incr("counter"))
+                    if i % 5 == 0:
+                        ids = [{"id": f"w{worker}-{i}"}, {"id": f"shared-{i}"}]
+                        await kv.list_append_unique("items", ids)
+                print(json.dumps(seen), flush=True)
+            elif mode == "hold":
+                kv.lock_lease_s = 2.0
+                async with kv.lock("victim"):
+                    print("LOCKED", flush=True)
+                    await asyncio.sleep(600)
+
+    asyncio.run(main())
+    """
+)
+
+
+def _spawn(tmp_path: Path, ns: str, mode: str, worker: int) -> subprocess.Popen[str]:
+    script = tmp_path / "kv_child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, str(script), ns, str(tmp_path / "store"), mode, str(worker)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
+    )
+
+
+def test_four_processes_lose_no_update(local_config: AetherConfig, tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir(exist_ok=True)
+    procs = [_spawn(tmp_path, local_config.kv_namespace, "contend", w) for w in range(4)]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = p.stdout.readline()
+            assert line.strip() == "READY", p.stderr.read() if p.stderr else ""
+        (tmp_path / "store" / "go").touch()
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    seen = [n for out, _ in outs for n in json.loads(out.strip().splitlines()[-1])]
+    assert sorted(seen) == list(range(1, 201))  # every incr saw a distinct value: none lost
+    with open_session_sync(config=local_config) as ctx:
+        assert ctx.kv().sync.get("counter") == 200
+        items = ctx.kv().sync.get("items")
+    ids = [x["id"] for x in items]
+    expected = {f"w{w}-{i}" for w in range(4) for i in range(0, 50, 5)} | {f"shared-{i}" for i in range(0, 50, 5)}
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+
+
+def test_killed_lock_holder_is_broken_after_its_lease(local_config: AetherConfig, tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir(exist_ok=True)
+    proc = _spawn(tmp_path, local_config.kv_namespace, "hold", 0)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.strip() == "LOCKED", proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    with open_session_sync(config=local_config) as ctx:
+        kv: PrefectKV = ctx.kv()
+        lock_name = kv_names.variable_name(kv.namespace, "victim", kv_names.LOCK_KIND)
+        assert raw_read(lock_name) is not None  # the dead holder's lock is still there
+        with pytest.raises(KVError, match="could not lock"):
+            run_sync(_try_incr(kv, "victim"))
+        t0 = time.monotonic()
+        assert kv.sync.incr("victim") == 1  # waits for the 2 s lease to run out, then breaks it
+        assert time.monotonic() - t0 < 30
+        assert raw_read(lock_name) is None
