@@ -86,3 +86,7 @@ class ChannelError(AetherError):
 
 class ChannelTimeout(ChannelError, TimeoutError):
     """Nobody answered a question in time."""
+
+
+class ServerError(AetherError, RuntimeError):
+    """A local Prefect server could not be started or stopped (see the log path in the message)."""

@@ -1,0 +1,301 @@
+"""The "sidecar" Prefect server: start a real ``prefect server start`` on 127.0.0.1 when none answers.
+
+The ephemeral server Prefect starts with no ``PREFECT_API_URL`` lives inside one
+process: no UI can reach it, so nobody could answer a ``channel().ask_*`` question
+or trigger a deployment. ``start_server()`` gives scripts and notebooks a real one
+(AetherGraph's ``start_server`` sidecar), ``stop_server()`` stops only what it started.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+from pydantic import BaseModel
+
+from aether_prefect.errors import ServerError, ValidationError
+
+_HOST = "127.0.0.1"
+_lock = threading.RLock()
+_started: dict[int, "_Started"] = {}  # port -> server this process started
+
+
+class ServerInfo(BaseModel):
+    """What ``start_server`` recorded about a server it started (also the on-disk state file)."""
+
+    pid: int
+    port: int
+    api_url: str
+    ui_url: str
+    log_path: str
+    detached: bool
+    started_at: dt.datetime
+    previous_api_url: str | None = None
+
+
+class _Started:
+    """A server this process started: its record and, when it is our child, the Popen handle."""
+
+    def __init__(self, info: ServerInfo, proc: subprocess.Popen[bytes] | None) -> None:
+        self.info = info
+        self.proc = proc
+
+
+def _state_dir() -> Path:
+    """``$PREFECT_HOME/aether``: where server logs and state files live."""
+    from prefect.settings import get_current_settings
+
+    path = Path(get_current_settings().home).expanduser() / "aether"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _state_file(port: int) -> Path:
+    return _state_dir() / f"server-{port}.json"
+
+
+def _healthy(api_url: str, timeout: float = 2.0) -> bool:
+    """True when a Prefect API answers ``GET /health`` at ``api_url``."""
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _ui_url(api_url: str) -> str:
+    """The UI's URL for an API URL (``http://host:port/api`` -> ``http://host:port``)."""
+    url = api_url.rstrip("/")
+    return url[: -len("/api")] if url.endswith("/api") else url
+
+
+def _configured_api_url() -> str | None:
+    """PREFECT_API_URL as this process sees it (environment or active Prefect profile)."""
+    from aether_prefect._prefect import api_url
+
+    return os.environ.get("PREFECT_API_URL") or api_url()
+
+
+def _use_api_url(url: str | None) -> None:
+    """Point this process (and children it starts later) at ``url``; None goes back to the ephemeral server."""
+    from prefect.context import refresh_global_settings_context
+
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+    else:
+        os.environ.pop("PREFECT_API_URL", None)
+    refresh_global_settings_context()
+
+
+def _check_port(port: int) -> None:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ValidationError(f"port must be an int between 1 and 65535, got {port!r}")
+
+
+def start_server(port: int = 4200, *, ui: bool = True, detach: bool = False, timeout_s: float = 180.0) -> str:
+    """Make sure a Prefect API answers, starting ``prefect server start`` on 127.0.0.1:``port`` if needed.
+
+    Returns the UI's URL (``http://127.0.0.1:4200``). Reuses a server answering at
+    ``PREFECT_API_URL`` or on ``port``; otherwise starts one in the background (log in
+    ``$PREFECT_HOME/aether/server-<port>.log``), waits until ``/api/health`` answers,
+    and sets ``PREFECT_API_URL`` for this process and its children. The server is
+    stopped at process exit unless ``detach=True`` (what ``aether-prefect server start`` uses).
+
+    >>> from aether_prefect import start_server, stop_server
+    >>> url = start_server(4200)          # open url in a browser to answer channel().ask_text(...)
+    >>> stop_server()
+    """
+    _check_port(port)
+    if not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
+        raise ValidationError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+    with _lock:
+        configured = _configured_api_url()
+        if configured and _healthy(configured):
+            return _ui_url(configured)
+        local = f"http://{_HOST}:{port}/api"
+        if _healthy(local):
+            _use_api_url(local)
+            return _ui_url(local)
+        info, proc = _spawn(port, ui=ui, detach=detach, previous=os.environ.get("PREFECT_API_URL"))
+        _started[port] = _Started(info, proc)
+        try:
+            _wait_healthy(info, proc, timeout_s)
+        except BaseException:
+            _stop(_started.pop(port))
+            raise
+        _use_api_url(info.api_url)
+        return info.ui_url
+
+
+def _spawn(port: int, *, ui: bool, detach: bool, previous: str | None) -> tuple[ServerInfo, subprocess.Popen[bytes]]:
+    """Start ``prefect server start`` in its own session, output to a log file; record it on disk."""
+    state_dir = _state_dir()
+    log_path = state_dir / f"server-{port}.log"
+    env = {**os.environ, "PREFECT_UI_ENABLED": "true" if ui else "false"}
+    env.pop("PREFECT_API_URL", None)
+    kwargs: dict[str, object] = {}
+    if os.name == "nt":
+        kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP  # type: ignore[attr-defined]
+    else:
+        kwargs["start_new_session"] = True  # Ctrl-C in the caller's terminal does not reach the server
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            [sys.executable, "-m", "prefect", "server", "start", "--host", _HOST, "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, **kwargs,  # type: ignore[arg-type]
+        )
+    api_url = f"http://{_HOST}:{port}/api"
+    info = ServerInfo(
+        pid=proc.pid, port=port, api_url=api_url, ui_url=_ui_url(api_url), log_path=str(log_path),
+        detached=detach, started_at=dt.datetime.now(dt.timezone.utc), previous_api_url=previous,
+    )
+    _state_file(port).write_text(info.model_dump_json(indent=2))
+    return info, proc
+
+
+def _log_tail(info: ServerInfo, chars: int = 2000) -> str:
+    try:
+        return Path(info.log_path).read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+def _wait_healthy(info: ServerInfo, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Poll ``/api/health`` until it answers; ServerError with the log's tail if the server dies or is slow."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise ServerError(
+                f"`prefect server start` on port {info.port} exited with code {code} before it was healthy "
+                f"(port already in use? pick another with start_server(port=...)). Log {info.log_path}:\n{_log_tail(info)}"
+            )
+        if _healthy(info.api_url):
+            return
+        time.sleep(0.3)
+    raise ServerError(
+        f"Prefect server on port {info.port} did not answer {info.api_url}/health within {timeout_s:.0f}s "
+        f"(a fresh database can take 30 s on a busy machine: pass a larger timeout_s). Log {info.log_path}:\n{_log_tail(info)}"
+    )
+
+
+def _pid_is_prefect_server(pid: int) -> bool:
+    """True when ``pid`` is alive and (where /proc exists) still runs ``prefect server start``."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # someone else's process: never ours to stop
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.exists():
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            return False
+        return b"prefect" in b" ".join(argv) and b"server" in argv and b"start" in argv
+    return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        if os.name == "nt":
+            os.kill(pid, sig)
+        else:
+            os.killpg(pid, sig)  # the server and its uvicorn children share its session
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def _stop(started: _Started, wait_s: float = 20.0) -> None:
+    """SIGTERM the server's process group, SIGKILL after ``wait_s``; remove its state file."""
+    pid, proc = started.info.pid, started.proc
+    _signal_group(pid, signal.SIGTERM)
+    if proc is not None:
+        try:
+            proc.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            _signal_group(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+            proc.wait(timeout=wait_s)
+    else:
+        deadline = time.monotonic() + wait_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            _signal_group(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+    try:
+        state = _state_file(started.info.port)
+        if state.exists() and ServerInfo.model_validate_json(state.read_text()).pid == pid:
+            state.unlink()
+    except (OSError, ValueError):
+        pass
+
+
+def _recorded(port: int | None) -> list[_Started]:
+    """Servers recorded on disk by ``start_server`` (e.g. by ``aether-prefect server start``) that still run."""
+    files = [_state_file(port)] if port is not None else sorted(_state_dir().glob("server-*.json"))
+    found = []
+    for path in files:
+        try:
+            info = ServerInfo.model_validate_json(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if _pid_is_prefect_server(info.pid):
+            found.append(_Started(info, None))
+        else:
+            path.unlink(missing_ok=True)  # stale record: the process is gone (or the PID was reused)
+    return found
+
+
+def stop_server(port: int | None = None) -> bool:
+    """Stop the Prefect server(s) ``start_server`` started (on ``port``, or all); True if one was stopped.
+
+    Only servers this package started are touched, found by PID: first those of this
+    process, else those recorded under ``$PREFECT_HOME/aether`` by a detached start
+    (``aether-prefect server start``). ``PREFECT_API_URL`` is restored to what it was.
+    """
+    if port is not None:
+        _check_port(port)
+    with _lock:
+        mine = [p for p in list(_started) if port is None or p == port]
+        targets = [_started.pop(p) for p in mine] or _recorded(port)
+        for started in targets:
+            _stop(started)
+            if os.environ.get("PREFECT_API_URL") == started.info.api_url:
+                _use_api_url(started.info.previous_api_url)
+        return bool(targets)
+
+
+def running_servers() -> list[ServerInfo]:
+    """Servers started by this process, then those recorded on disk, that are still alive."""
+    with _lock:
+        own = [s.info for s in _started.values() if s.proc is None or s.proc.poll() is None]
+    ports = {i.port for i in own}
+    return own + [s.info for s in _recorded(None) if s.info.port not in ports]
+
+
+def _stop_attached_at_exit() -> None:
+    """Stop non-detached servers when the process that started them exits."""
+    with _lock:
+        for port in [p for p, s in _started.items() if not s.info.detached]:
+            try:
+                _stop(_started.pop(port), wait_s=10.0)
+            except Exception:  # noqa: BLE001 - exit hooks must not raise
+                pass
+
+
+atexit.register(_stop_attached_at_exit)
