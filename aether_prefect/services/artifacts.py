@@ -1,0 +1,504 @@
+"""Artifacts service: content-addressed bytes in the object store, indexed, published as Prefect artifacts.
+
+Save order, so nothing is lost or half-written: the blob first (atomic,
+``artifacts/blobs/<sha[:2]>/<sha>``, stored once), then the index event, then the
+Prefect artifact (only once the bytes exist). A failure before the index event
+leaves no record and no Prefect artifact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import mimetypes
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+
+from aether_prefect._sync import async_cm
+from aether_prefect.errors import ArtifactNotFound, IntegrityError, ValidationError
+from aether_prefect.services.artifact_index import ROOT, Artifact, IndexEvent, index_for
+from aether_prefect.services.artifact_publish import publish
+from aether_prefect.services.base import BoundService
+from aether_prefect.services.stores.base import InvalidKey, ObjectNotFound, ObjectStore
+
+if TYPE_CHECKING:
+    from aether_prefect.context import NodeContext
+
+View = Literal["node", "graph", "run", "all"]
+_VIEWS = ("node", "graph", "run", "all")
+_CHUNK = 1024 * 1024
+_SCOPE_LABELS = ("run_id", "graph_id", "node_id")
+
+
+def blob_key(sha: str) -> str:
+    """Store key of the blob with this sha256."""
+    return f"{ROOT}/blobs/{sha[:2]}/{sha}"
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+# -- validation ----------------------------------------------------------------------
+
+
+def _check_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(f"artifact name must be a non-empty str or None, got {name!r}")
+    if "\x00" in name or "/" in name or "\\" in name or name in (".", "..") or ".." in name or os.path.isabs(name):
+        raise ValidationError(
+            f"artifact name {name!r} is not allowed: use a plain file name such as 'report.md' "
+            "(no '..', no path separators, no absolute path, no NUL)"
+        )
+    if len(name) > 200:
+        raise ValidationError(f"artifact name is {len(name)} characters long; keep it to 200 or fewer")
+    return name
+
+
+def _check_kind(kind: str) -> str:
+    if not isinstance(kind, str) or not kind.strip() or "\x00" in kind or len(kind) > 100:
+        raise ValidationError(f"kind must be a non-empty str of at most 100 characters without NUL, got {kind!r}")
+    return kind
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _check_labels(labels: dict[str, Any] | None) -> dict[str, Any]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, dict):
+        raise ValidationError(f"labels must be a dict of str to str/number/bool (or lists of them), got {type(labels).__name__}")
+    for k, v in labels.items():
+        if not isinstance(k, str) or not k:
+            raise ValidationError(f"label keys must be non-empty str, got {k!r}")
+        if not (_scalar(v) or (isinstance(v, (list, tuple)) and all(_scalar(x) for x in v))):
+            raise ValidationError(f"label {k!r} has a {type(v).__name__} value; use str, number, bool or a list of them")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in labels.items()}
+
+
+def _check_metrics(metrics: dict[str, float] | None) -> dict[str, float]:
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, dict):
+        raise ValidationError(f"metrics must be a dict of str to number, got {type(metrics).__name__}")
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if not isinstance(k, str) or not k:
+            raise ValidationError(f"metric names must be non-empty str, got {k!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValidationError(f"metric {k!r} must be a finite number, got {v!r}")
+        out[k] = float(v)
+    return out
+
+
+def _check_view(view: str | None, scope: str | None, default: str) -> str:
+    if view is not None and scope is not None and view != scope:
+        raise ValidationError(f"view={view!r} and scope={scope!r} disagree; pass one of them (scope is an alias of view)")
+    v = view or scope or default
+    if v not in _VIEWS:
+        raise ValidationError(f"view must be one of {_VIEWS}, got {v!r}")
+    return v
+
+
+def _label_match(have: Any, want: Any) -> bool:
+    if isinstance(want, (list, tuple)):
+        return any(_label_match(have, w) for w in want)
+    if isinstance(have, list):
+        return want in have
+    return bool(have == want)
+
+
+# -- the writer ------------------------------------------------------------------------
+
+
+class ArtifactWriter:
+    """What ``writer()`` yields: ``write(data)`` appends; ``path`` is the temp file for tools that write files."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f = open(path, "wb")
+        self.labels: dict[str, Any] = {}
+        self.metrics: dict[str, float] = {}
+        self.artifact: Artifact | None = None
+
+    def write(self, data: bytes | str) -> int:
+        """Append bytes (or UTF-8 text) to the artifact being written."""
+        return self._f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def add_labels(self, **labels: Any) -> None:
+        """Labels to record when the artifact is committed."""
+        self.labels.update(labels)
+
+    def add_metrics(self, **metrics: float) -> None:
+        """Metrics to record when the artifact is committed."""
+        self.metrics.update(metrics)
+
+    def _close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+# -- the service -----------------------------------------------------------------------
+
+
+class ArtifactsService(BoundService):
+    """``context.artifacts()``: save, load, list, search, best and pin artifacts; async (``.sync`` for blocking)."""
+
+    def __init__(self, ctx: "NodeContext") -> None:
+        super().__init__(ctx)
+        self._store: ObjectStore | None = None
+
+    def __repr__(self) -> str:
+        return f"ArtifactsService(run_id={self.ctx.run_id!r}, node_id={self.ctx.node_id!r})"
+
+    @property
+    def store(self) -> ObjectStore:
+        """The object store holding the bytes (resolved on first use)."""
+        if self._store is None:
+            self._store = self.ctx.store()
+        return self._store
+
+    # -- saving -------------------------------------------------------------------------
+
+    async def save_text(
+        self, text: str, *, kind: str = "text", name: str | None = None, labels: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None, pin: bool = False, mime: str | None = None,
+    ) -> Artifact:
+        """Save ``text`` (UTF-8); small text also shows inline in the Prefect UI."""
+        if not isinstance(text, str):
+            raise ValidationError(f"save_text takes a str, got {type(text).__name__}; use save_bytes or save_json")
+        if mime is None:
+            md = (name or "").endswith(".md") or "markdown" in kind or kind in ("md", "report")
+            mime = "text/markdown; charset=utf-8" if md else "text/plain; charset=utf-8"
+        return await self._save_data(text.encode("utf-8"), kind, name, labels, metrics, pin, mime)
+
+    async def save_json(
+        self, obj: Any, *, kind: str = "json", name: str | None = None, labels: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None, pin: bool = False,
+    ) -> Artifact:
+        """Save ``obj`` as JSON; a list of records also shows as a table in the Prefect UI."""
+        try:
+            data = json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise ValidationError(
+                f"save_json got an object that is not JSON-serialisable ({exc}); convert it to dicts, lists, "
+                "str, numbers, bool and None first (NaN/inf are not allowed), or use save_bytes"
+            ) from None
+        return await self._save_data(data, kind, name, labels, metrics, pin, "application/json", json_obj=obj)
+
+    async def save_bytes(
+        self, data: bytes, *, kind: str = "bytes", name: str | None = None, labels: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None, pin: bool = False, mime: str | None = None,
+    ) -> Artifact:
+        """Save raw bytes."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ValidationError(f"save_bytes takes bytes, got {type(data).__name__}; use save_text or save_json")
+        if mime is None:
+            mime = (mimetypes.guess_type(name)[0] if name else None) or "application/octet-stream"
+        return await self._save_data(bytes(data), kind, name, labels, metrics, pin, mime)
+
+    async def save_file(
+        self, path: str | os.PathLike[str], *, kind: str = "file", name: str | None = None,
+        labels: dict[str, Any] | None = None, metrics: dict[str, float] | None = None, pin: bool = False,
+        mime: str | None = None, cleanup: bool = False,
+    ) -> Artifact:
+        """Copy the file at ``path`` into the store (streamed); the source is deleted only if ``cleanup=True``."""
+        src = Path(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
+        if src is None or "\x00" in str(src):
+            raise ValidationError(f"save_file takes a path to a file, got {path!r}")
+        if not src.is_file():
+            raise ValidationError(f"save_file: no file at {str(src)!r}; pass the path of an existing regular file")
+        name = _check_name(name if name is not None else src.name)
+        art = await self._save_file(src, kind, name, labels, metrics, pin, mime)
+        if cleanup:
+            src.unlink(missing_ok=True)
+        return art
+
+    @async_cm
+    @contextlib.asynccontextmanager
+    async def writer(
+        self, *, kind: str = "file", planned_ext: str | None = None, name: str | None = None,
+        labels: dict[str, Any] | None = None, metrics: dict[str, float] | None = None, pin: bool = False,
+        mime: str | None = None,
+    ) -> AsyncIterator[ArtifactWriter]:
+        """Stream into a temp file: committed as an artifact on normal exit, discarded on error.
+
+        ``w.artifact`` holds the saved Artifact after the block.
+        """
+        _check_kind(kind)
+        _check_name(name)
+        _check_labels(labels)
+        _check_metrics(metrics)
+        ext = planned_ext or ""
+        if ext and not ext.startswith("."):
+            ext = "." + ext
+        if ext and (len(ext) > 20 or not ext[1:].replace(".", "").isalnum()):
+            raise ValidationError(f"planned_ext {planned_ext!r} is not a file extension such as '.txt' or 'csv'")
+        fd, tmp = tempfile.mkstemp(prefix="aether-artifact-", suffix=ext)
+        os.close(fd)
+        w = ArtifactWriter(Path(tmp))
+        try:
+            yield w
+            w._close()
+            w.artifact = await self._save_file(
+                w.path, kind, name, {**(labels or {}), **w.labels}, {**(metrics or {}), **w.metrics}, pin, mime,
+            )
+        finally:
+            w._close()
+            Path(tmp).unlink(missing_ok=True)
+
+    async def _save_data(
+        self, data: bytes, kind: str, name: str | None, labels: dict[str, Any] | None,
+        metrics: dict[str, float] | None, pin: bool, mime: str | None, json_obj: Any = None,
+    ) -> Artifact:
+        kind, name = _check_kind(kind), _check_name(name)
+        labels, metrics = _check_labels(labels), _check_metrics(metrics)
+        sha = hashlib.sha256(data).hexdigest()
+        store = self.store
+        await anyio.to_thread.run_sync(store.put_if_absent, blob_key(sha), data)
+        return await self._commit(sha, len(data), kind, name, labels, metrics, pin, mime, content=data, json_obj=json_obj)
+
+    async def _save_file(
+        self, src: Path, kind: str, name: str | None, labels: dict[str, Any] | None,
+        metrics: dict[str, float] | None, pin: bool, mime: str | None,
+    ) -> Artifact:
+        kind, name = _check_kind(kind), _check_name(name)
+        labels, metrics = _check_labels(labels), _check_metrics(metrics)
+        if mime is None:
+            mime = mimetypes.guess_type(name or src.name)[0] or "application/octet-stream"
+        store = self.store
+
+        def upload() -> tuple[str, int]:
+            sha, size = _hash_file(src)
+            key = blob_key(sha)
+            if not store.exists(key):
+                store.put_file(key, src, content_type=mime)
+            stored = store.size(key)
+            if stored != size:
+                raise IntegrityError(
+                    f"artifact {sha}: the store holds {stored} bytes, the file had {size}; was {src} modified while saving?"
+                )
+            return sha, size
+
+        sha, size = await anyio.to_thread.run_sync(upload)
+        inline = None
+        if size <= 64 * 1024 and (mime.startswith("text/") or mime == "application/json"):
+            inline = await anyio.to_thread.run_sync(src.read_bytes)
+        return await self._commit(sha, size, kind, name, labels, metrics, pin, mime, content=inline)
+
+    async def _commit(
+        self, sha: str, size: int, kind: str, name: str | None, labels: dict[str, Any], metrics: dict[str, float],
+        pin: bool, mime: str | None, *, content: bytes | None, json_obj: Any = None,
+    ) -> Artifact:
+        """Write the index event for bytes already in the store, then publish the Prefect artifact."""
+        ctx = self.ctx
+        scope = {"run_id": ctx.run_id, "graph_id": ctx.graph_id, "node_id": ctx.node_id}
+        art = Artifact(
+            artifact_id=sha, uri=self.store.uri(blob_key(sha)), sha256=sha, kind=kind, bytes=size, mime=mime,
+            name=name, labels={**labels, **scope}, metrics=metrics, pinned=bool(pin),
+            created_at=datetime.now(timezone.utc), **scope,
+        )
+        index = index_for(self.store)
+        ref = await anyio.to_thread.run_sync(
+            index.write, IndexEvent(op="add", artifact_id=sha, record=art, at=art.created_at)
+        )
+        if pin:
+            await anyio.to_thread.run_sync(index.write, IndexEvent(op="pin", artifact_id=sha, at=art.created_at))
+        pid = await publish(art, flow_run_id=ctx.flow_run_id, task_run_id=ctx.task_run_id, content=content, json_obj=json_obj)
+        if pid is not None:
+            art = art.model_copy(update={"prefect_artifact_id": pid})
+            await anyio.to_thread.run_sync(
+                index.write,
+                IndexEvent(op="prefect", artifact_id=sha, ref=ref, prefect_artifact_id=pid, at=datetime.now(timezone.utc)),
+            )
+        return art
+
+    # -- loading ------------------------------------------------------------------------
+
+    def _sha_of_uri(self, uri: str) -> str:
+        if not isinstance(uri, str):
+            raise ValidationError(f"expected an artifact uri str, got {type(uri).__name__}")
+        try:
+            key = self.store.key_from_uri(uri)
+        except InvalidKey as exc:
+            raise ValidationError(f"{uri!r} is not an artifact uri of this store: {exc}") from None
+        sha = key.rsplit("/", 1)[-1]
+        if key != blob_key(sha) or len(sha) != 64:
+            raise ValidationError(f"{uri!r} is not an artifact uri (expected .../{ROOT}/blobs/<sha[:2]>/<sha256>)")
+        return sha
+
+    def _check_id(self, artifact_id: str) -> str:
+        if not isinstance(artifact_id, str) or len(artifact_id) != 64 or not all(c in "0123456789abcdef" for c in artifact_id):
+            raise ValidationError(f"artifact id must be a 64-character lowercase sha256 hex string, got {artifact_id!r}")
+        return artifact_id
+
+    async def _load(self, sha: str) -> bytes:
+        store = self.store
+        try:
+            data = await anyio.to_thread.run_sync(store.get_bytes, blob_key(sha))
+        except ObjectNotFound:
+            raise ArtifactNotFound(f"artifact {sha} has no bytes in the store ({store.uri(blob_key(sha))})") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha:
+            raise IntegrityError(
+                f"artifact {sha} is corrupted: the stored bytes hash to {actual}. "
+                "Restore the blob from a backup or save the artifact again."
+            )
+        return data
+
+    async def get_by_id(self, artifact_id: str) -> Artifact:
+        """The newest index record of ``artifact_id`` (any run); ArtifactNotFound if none."""
+        self._check_id(artifact_id)
+        index = index_for(self.store)
+        await anyio.to_thread.run_sync(index.refresh)
+        for _key, rec in reversed(index.records()):
+            if rec.artifact_id == artifact_id:
+                return rec
+        raise ArtifactNotFound(f"no artifact with id {artifact_id} in the index of {self.store!r}")
+
+    async def load_bytes_by_id(self, artifact_id: str) -> bytes:
+        """The bytes of ``artifact_id``, sha256-verified."""
+        return await self._load(self._check_id(artifact_id))
+
+    async def load_text_by_id(self, artifact_id: str, encoding: str = "utf-8") -> str:
+        """The content of ``artifact_id`` as text."""
+        return (await self.load_bytes_by_id(artifact_id)).decode(encoding)
+
+    async def load_json_by_id(self, artifact_id: str) -> Any:
+        """The content of ``artifact_id`` parsed as JSON."""
+        return json.loads(await self.load_bytes_by_id(artifact_id))
+
+    async def load_bytes(self, uri: str) -> bytes:
+        """The bytes at an artifact ``uri``, sha256-verified."""
+        return await self._load(self._sha_of_uri(uri))
+
+    async def load_text(self, uri: str, encoding: str = "utf-8") -> str:
+        """The content at ``uri`` as text."""
+        return (await self.load_bytes(uri)).decode(encoding)
+
+    async def load_json(self, uri: str) -> Any:
+        """The content at ``uri`` parsed as JSON."""
+        return json.loads(await self.load_bytes(uri))
+
+    async def as_local_file(self, artifact_or_uri: Artifact | str) -> str:
+        """A verified local copy of the artifact (streamed, cached by sha256); returns its path."""
+        if isinstance(artifact_or_uri, Artifact):
+            sha = self._check_id(artifact_or_uri.artifact_id)
+        elif isinstance(artifact_or_uri, str) and "://" in artifact_or_uri:
+            sha = self._sha_of_uri(artifact_or_uri)
+        else:
+            sha = self._check_id(artifact_or_uri)  # type: ignore[arg-type]
+        store = self.store
+        cache = Path(tempfile.gettempdir()) / "aether-prefect-artifacts"
+        dest = cache / sha
+
+        def fetch() -> str:
+            if not dest.is_file() or _hash_file(dest)[0] != sha:
+                try:
+                    store.download_file(blob_key(sha), dest)
+                except ObjectNotFound:
+                    raise ArtifactNotFound(f"artifact {sha} has no bytes in the store ({store.uri(blob_key(sha))})") from None
+                actual = _hash_file(dest)[0]
+                if actual != sha:
+                    dest.unlink(missing_ok=True)
+                    raise IntegrityError(f"artifact {sha} is corrupted: the stored bytes hash to {actual}")
+            return str(dest)
+
+        return await anyio.to_thread.run_sync(fetch)
+
+    # -- querying -----------------------------------------------------------------------
+
+    def _in_view(self, rec: Artifact, view: str) -> bool:
+        ctx = self.ctx
+        if view == "all":
+            return True
+        if view == "graph":
+            return rec.graph_id == ctx.graph_id
+        if view == "run":
+            return rec.run_id == ctx.run_id
+        return rec.run_id == ctx.run_id and rec.node_id == ctx.node_id
+
+    async def search(
+        self, *, kind: str | None = None, labels: dict[str, Any] | None = None, metric: str | None = None,
+        mode: Literal["max", "min"] = "max", view: View | None = None, scope: View | None = None,
+        limit: int | None = None,
+    ) -> list[Artifact]:
+        """Artifacts in ``view`` matching ``kind`` and every label; by ``metric`` (best first) else newest first.
+
+        Views: ``node`` (this run and node), ``run`` (this run), ``graph`` (every run of this graph), ``all``.
+        One entry per artifact id (its newest record).
+        """
+        v = _check_view(view, scope, "run")
+        if mode not in ("max", "min"):
+            raise ValidationError(f"mode must be 'max' or 'min', got {mode!r}")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValidationError(f"limit must be a positive int or None, got {limit!r}")
+        want = _check_labels(labels)
+        index = index_for(self.store)
+        await anyio.to_thread.run_sync(index.refresh)
+        seen: set[str] = set()
+        hits: list[Artifact] = []
+        for _key, rec in reversed(index.records()):
+            if rec.artifact_id in seen:
+                continue
+            if kind is not None and rec.kind != kind:
+                continue
+            if metric is not None and metric not in rec.metrics:
+                continue
+            if not self._in_view(rec, v):
+                continue
+            if want and not all(k in rec.labels and _label_match(rec.labels[k], w) for k, w in want.items()):
+                continue
+            seen.add(rec.artifact_id)
+            hits.append(rec)
+        if metric is not None:
+            hits.sort(key=lambda r: r.metrics[metric], reverse=(mode == "max"))
+        return hits[:limit] if limit else hits
+
+    async def list(self, view: View | None = None, *, scope: View | None = None, kind: str | None = None) -> list[Artifact]:
+        """Artifacts in ``view`` (default the current run), newest first."""
+        return await self.search(kind=kind, view=_check_view(view, scope, "run"))  # type: ignore[arg-type]
+
+    async def best(
+        self, *, kind: str | None = None, metric: str, mode: Literal["max", "min"] = "max",
+        view: View | None = None, scope: View | None = None, labels: dict[str, Any] | None = None,
+    ) -> Artifact | None:
+        """The artifact with the highest (``max``) or lowest (``min``) ``metric``, or None."""
+        if not isinstance(metric, str) or not metric:
+            raise ValidationError(f"best needs a metric name, got {metric!r}")
+        hits = await self.search(kind=kind, labels=labels, metric=metric, mode=mode, view=view, scope=scope, limit=1)
+        return hits[0] if hits else None
+
+    async def pin(self, artifact_id: str) -> Artifact:
+        """Mark ``artifact_id`` as pinned (an immutable pin event; safe from many processes)."""
+        rec = await self.get_by_id(artifact_id)
+        index = index_for(self.store)
+        await anyio.to_thread.run_sync(
+            index.write, IndexEvent(op="pin", artifact_id=artifact_id, at=datetime.now(timezone.utc))
+        )
+        return rec.model_copy(update={"pinned": True})
+
+
+def create(ctx: "NodeContext") -> ArtifactsService:
+    """Factory used by ``NodeContext.artifacts()``."""
+    return ArtifactsService(ctx)
+
+
+__all__ = ["Artifact", "ArtifactWriter", "ArtifactsService", "blob_key", "create"]

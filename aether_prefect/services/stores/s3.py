@@ -1,0 +1,295 @@
+"""S3Store: the object store as an S3-compatible bucket (AWS, MinIO, R2, moto) through boto3.
+
+One boto3 client per process and thread (never per call). Small objects go up in
+one PUT; files go through boto3's transfer manager (multipart above a threshold),
+streamed from disk. S3 PUTs are atomic: a reader sees the whole object or none.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from aether_prefect.errors import StoreError
+from aether_prefect.services.stores.base import InvalidKey, ObjectNotFound, ObjectStore, check_key
+
+if TYPE_CHECKING:
+    from aether_prefect.blocks import AetherObjectStore
+
+_MiB = 1024 * 1024
+#: Files at or above this size are uploaded in parts; smaller ones in a single PUT.
+MULTIPART_THRESHOLD = 16 * _MiB
+#: Part size of multipart uploads; with MAX_CONCURRENCY it bounds the memory of a transfer.
+MULTIPART_CHUNKSIZE = 8 * _MiB
+MAX_CONCURRENCY = 4
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+
+
+class S3Store(ObjectStore):
+    """Objects under ``s3://bucket/prefix/``; credentials from the block or boto3's default chain."""
+
+    scheme = "s3"
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "aether",
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: Any = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._access_key_id = aws_access_key_id
+        self._secret = aws_secret_access_key  # SecretStr (or None): revealed only when building a client
+        self._local = threading.local()
+        self._conditional_put = True  # cleared if the endpoint rejects If-None-Match
+
+    @classmethod
+    def from_block(cls, block: "AetherObjectStore") -> "S3Store":
+        """Build a store from an ``AetherObjectStore(backend="s3", ...)`` block."""
+        if not block.bucket:
+            raise StoreError("AetherObjectStore(backend='s3') needs a bucket: set bucket='my-bucket'")
+        return cls(
+            block.bucket,
+            block.prefix,
+            endpoint_url=block.endpoint_url,
+            region=block.region,
+            aws_access_key_id=block.aws_access_key_id,
+            aws_secret_access_key=block.aws_secret_access_key,
+        )
+
+    def __repr__(self) -> str:
+        return f"S3Store(bucket={self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
+
+    # -- clients ------------------------------------------------------------------
+
+    def _client(self) -> Any:
+        """This thread's boto3 client (boto3 sessions are not thread-safe; clients are reused per thread)."""
+        pid = os.getpid()
+        client = getattr(self._local, "client", None)
+        if client is not None and getattr(self._local, "pid", None) == pid:
+            return client
+        import boto3
+        from botocore.config import Config
+
+        secret = self._secret.get_secret_value() if hasattr(self._secret, "get_secret_value") else self._secret
+        creds: dict[str, Any] = {}
+        if self._access_key_id and secret:
+            creds = {"aws_access_key_id": self._access_key_id, "aws_secret_access_key": secret}
+        session = boto3.session.Session(region_name=self.region, **creds)
+        client = session.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=60,
+                max_pool_connections=MAX_CONCURRENCY * 2 + 2,
+            ),
+        )
+        self._local.client, self._local.pid = client, pid
+        return client
+
+    def _transfer_config(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=MULTIPART_THRESHOLD,
+            multipart_chunksize=MULTIPART_CHUNKSIZE,
+            max_concurrency=MAX_CONCURRENCY,
+            use_threads=True,
+        )
+
+    def close(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local = threading.local()
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    # -- keys -----------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _strip(self, s3_key: str) -> str:
+        return s3_key[len(self.prefix) + 1 :] if self.prefix else s3_key
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def key_from_uri(self, uri: str) -> str:
+        base = f"s3://{self.bucket}/" + (f"{self.prefix}/" if self.prefix else "")
+        if not isinstance(uri, str) or not uri.startswith(base):
+            raise InvalidKey(f"{uri!r} is not inside this S3 store ({base})")
+        return check_key(unquote(uri[len(base) :]))
+
+    # -- errors -----------------------------------------------------------------------
+
+    def _error(self, exc: Exception, action: str, key: str) -> Exception:
+        """Map a botocore/boto3 error to ObjectNotFound or StoreError; the message never holds credentials."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        where = f"s3://{self.bucket}/" + "/".join(p for p in (self.prefix, key) if p)
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in _NOT_FOUND or status == 404:
+                return ObjectNotFound(f"no object at {key!r} in {where}")
+            return StoreError(
+                f"S3 {action} of {where} failed: {code or status} {err.get('Message', '')}".rstrip()
+                + ". Check the bucket, its permissions and the credentials of the AetherObjectStore block."
+            )
+        if isinstance(exc, BotoCoreError):
+            return StoreError(
+                f"S3 {action} of {where} failed: {type(exc).__name__}: {_safe(exc)}. "
+                f"Is the endpoint {self.endpoint_url or 'AWS S3'} reachable? Nothing was committed by this call."
+            )
+        return exc
+
+    def _call(self, action: str, key: str, fn: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, action, key) from None
+
+    # -- writes -----------------------------------------------------------------------
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        extra = {"ContentType": content_type} if content_type else {}
+        self._call("put", key, self._client().put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
+
+    def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
+        from boto3.exceptions import S3UploadFailedError
+
+        s3_key = self._key(key)
+        extra = {"ContentType": content_type} if content_type else None
+        try:
+            self._call(
+                "upload", key, self._client().upload_file,
+                Filename=str(path), Bucket=self.bucket, Key=s3_key, ExtraArgs=extra, Config=self._transfer_config(),
+            )
+        except S3UploadFailedError as exc:
+            raise StoreError(
+                f"S3 upload of s3://{self.bucket}/{s3_key} failed: {_safe(exc)}. "
+                f"Is the endpoint {self.endpoint_url or 'AWS S3'} reachable? Nothing was committed."
+            ) from None
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        client, s3_key = self._client(), self._key(key)
+        if self._conditional_put:
+            try:
+                client.put_object(Bucket=self.bucket, Key=s3_key, Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                if status == 412 or code == "PreconditionFailed":
+                    return False
+                if status == 409 or code == "ConditionalRequestConflict":
+                    return False  # a concurrent conditional write of this key is winning
+                if status != 501 and code != "NotImplemented":
+                    raise self._error(exc, "conditional put", key) from None
+                self._conditional_put = False  # endpoint without If-None-Match: fall back below
+            except BotoCoreError as exc:
+                raise self._error(exc, "conditional put", key) from None
+        if self.exists(key):
+            return False
+        self.put_bytes(key, data)
+        return True
+
+    # -- reads ------------------------------------------------------------------------
+
+    def get_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body = self._client().get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            try:
+                return body.read()  # type: ignore[no-any-return]
+            finally:
+                body.close()
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "get", key) from None
+
+    def download_file(self, key: str, dest: Path) -> None:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".dl-")
+        os.close(fd)
+        try:
+            self._call(
+                "download", key, self._client().download_file,
+                Bucket=self.bucket, Key=self._key(key), Filename=tmp, Config=self._transfer_config(),
+            )
+            os.replace(tmp, dest)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def _head(self, key: str) -> dict[str, Any]:
+        return self._call("head", key, self._client().head_object, Bucket=self.bucket, Key=self._key(key))  # type: ignore[no-any-return]
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._head(key)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def size(self, key: str) -> int:
+        return int(self._head(key)["ContentLength"])
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, self._client().delete_object, Bucket=self.bucket, Key=self._key(key))
+
+    def list_keys(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        folder = prefix.rpartition("/")[0]
+        if folder:
+            check_key(folder)
+        base = f"{self.prefix}/" if self.prefix else ""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix}
+        if start_after:
+            kwargs["StartAfter"] = base + start_after
+        keys: list[str] = []
+        try:
+            for page in self._client().get_paginator("list_objects_v2").paginate(**kwargs):
+                keys.extend(self._strip(obj["Key"]) for obj in page.get("Contents", ()))
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, "list", prefix) from None
+        return iter(keys)
+
+
+def _safe(exc: BaseException) -> str:
+    """The error text, with anything that looks like a credential query string removed."""
+    text = str(exc)
+    for marker in ("X-Amz-Credential", "X-Amz-Signature", "AWSAccessKeyId", "Signature="):
+        if marker in text:
+            text = text.split(marker)[0] + "[redacted]"
+    return text
+
+
+__all__ = ["S3Store"]

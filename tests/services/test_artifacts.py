@@ -1,0 +1,363 @@
+"""context.artifacts() on both backends, with a real Prefect server and a real S3 endpoint (moto over HTTP)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import flow
+
+from aether_prefect import NodeContext, aether_task, open_session
+from aether_prefect.blocks import AetherConfig, AetherObjectStore
+from aether_prefect.errors import ArtifactNotFound, IntegrityError, StoreError, ValidationError
+from aether_prefect.services.artifact_index import REC
+from aether_prefect.services.artifacts import Artifact, blob_key
+from aether_prefect.services.stores import open_store
+from aether_prefect.services.stores.local import LocalStore
+from tests.servers.s3 import SECRET_KEY
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["local", "s3"])
+def config(request: pytest.FixtureRequest, tmp_store: AetherObjectStore) -> AetherConfig:
+    """An unsaved AetherConfig on a fresh store of each backend."""
+    block = tmp_store if request.param == "local" else request.getfixturevalue("s3_store_block")
+    return AetherConfig(store=block, kv_namespace=f"t{uuid.uuid4().hex[:10]}")
+
+
+def _events(config: AetherConfig) -> list[str]:
+    return list(open_store(config.store).list_keys(f"{REC}/"))  # type: ignore[arg-type]
+
+
+async def test_save_and_load_roundtrip(config: AetherConfig) -> None:
+    async with open_session(config=config, graph_id="g1", node_id="n1") as ctx:
+        arts = ctx.artifacts()
+        t = await arts.save_text("héllo", name="greeting.txt", labels={"lang": "fr"}, metrics={"score": 1})
+        j = await arts.save_json({"a": [1, 2]}, kind="cfg")
+        b = await arts.save_bytes(b"\x00\x01binary", name="x.bin")
+        assert t.artifact_id == hashlib.sha256("héllo".encode()).hexdigest() == t.sha256
+        assert t.bytes == len("héllo".encode()) and t.kind == "text" and t.mime.startswith("text/plain")
+        assert t.labels == {"lang": "fr", "run_id": ctx.run_id, "graph_id": "g1", "node_id": "n1"}
+        assert (t.run_id, t.graph_id, t.node_id) == (ctx.run_id, "g1", "n1") and t.metrics == {"score": 1.0}
+        assert t.prefect_artifact_id is None  # outside a run
+        assert await arts.load_text_by_id(t.artifact_id) == "héllo"
+        assert await arts.load_text(t.uri) == "héllo"
+        assert await arts.load_json_by_id(j.artifact_id) == {"a": [1, 2]} == await arts.load_json(j.uri)
+        assert await arts.load_bytes(b.uri) == b"\x00\x01binary" == await arts.load_bytes_by_id(b.artifact_id)
+        got = await arts.get_by_id(j.artifact_id)
+        assert got.kind == "cfg" and got.uri == j.uri
+        path = await arts.as_local_file(b)
+        assert Path(path).read_bytes() == b"\x00\x01binary"
+        assert Path(await arts.as_local_file(b.uri)).read_bytes() == b"\x00\x01binary"
+        with pytest.raises(ArtifactNotFound):
+            await arts.get_by_id("0" * 64)
+        with pytest.raises(ArtifactNotFound):
+            await arts.load_bytes_by_id("0" * 64)
+        with pytest.raises(ValidationError):
+            await arts.load_bytes_by_id("not-a-sha")
+
+
+async def test_same_bytes_stored_once(config: AetherConfig) -> None:
+    async with open_session(config=config) as ctx:
+        a1 = await ctx.artifacts().save_text("same", name="one.txt")
+        a2 = await ctx.artifacts().save_bytes(b"same", name="two.bin")
+        assert a1.artifact_id == a2.artifact_id and a1.uri == a2.uri
+        store = ctx.store()
+        assert list(store.list_keys("artifacts/blobs/")) == [blob_key(a1.artifact_id)]
+        assert len(await ctx.artifacts().list()) == 1  # one entry per artifact id (its newest record)
+
+
+async def test_save_file_copies_and_cleanup(config: AetherConfig, tmp_path: Path) -> None:
+    src = tmp_path / "report.md"
+    src.write_text("# Report\nall good\n")
+    async with open_session(config=config) as ctx:
+        art = await ctx.artifacts().save_file(src, kind="report")
+        assert src.exists(), "save_file must never delete the source by default"
+        assert art.name == "report.md" and art.mime == "text/markdown"
+        assert await ctx.artifacts().load_text(art.uri) == "# Report\nall good\n"
+        art2 = await ctx.artifacts().save_file(str(src), name="renamed.md", cleanup=True)
+        assert not src.exists() and art2.artifact_id == art.artifact_id and art2.name == "renamed.md"
+
+
+@pytest.mark.parametrize("name", ["../evil", "/etc/passwd", "a/b", "a\\b", "nul\x00", "..", "x..y", ""])
+async def test_bad_names_rejected_before_writing(tmp_store: AetherObjectStore, name: str, tmp_path: Path) -> None:
+    config = AetherConfig(store=tmp_store)
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    async with open_session(config=config) as ctx:
+        arts = ctx.artifacts()
+        for call in (
+            lambda: arts.save_text("x", name=name), lambda: arts.save_json([1], name=name),
+            lambda: arts.save_bytes(b"x", name=name), lambda: arts.save_file(src, name=name),
+        ):
+            with pytest.raises(ValidationError, match="name"):
+                await call()
+        with pytest.raises(ValidationError):
+            async with arts.writer(name=name) as w:
+                w.write("x")
+        assert list(ctx.store().list_keys("artifacts/")) == []
+
+
+async def test_other_bad_input_rejected_before_writing(config: AetherConfig, tmp_path: Path) -> None:
+    async with open_session(config=config) as ctx:
+        arts = ctx.artifacts()
+        with pytest.raises(ValidationError, match="no file at"):
+            await arts.save_file(tmp_path / "missing.txt")
+        with pytest.raises(ValidationError, match="no file at"):
+            await arts.save_file(tmp_path)  # a directory
+        with pytest.raises(ValidationError, match="JSON-serialisable"):
+            await arts.save_json({"when": object()})
+        with pytest.raises(ValidationError, match="JSON-serialisable"):
+            await arts.save_json({"x": float("nan")})
+        with pytest.raises(ValidationError, match="metric"):
+            await arts.save_text("x", metrics={"loss": "low"})  # type: ignore[dict-item]
+        with pytest.raises(ValidationError, match="label"):
+            await arts.save_text("x", labels={"k": {"nested": 1}})
+        with pytest.raises(ValidationError, match="save_text takes a str"):
+            await arts.save_text(b"bytes")  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="view"):
+            await arts.search(view="planet")  # type: ignore[arg-type]
+        assert list(ctx.store().list_keys("artifacts/")) == []
+
+
+async def test_writer_commits_on_exit_and_discards_on_error(config: AetherConfig) -> None:
+    async with open_session(config=config) as ctx:
+        arts = ctx.artifacts()
+        async with arts.writer(kind="table", planned_ext=".csv", name="rows.csv") as w:
+            w.write("a,b\n")
+            w.write(b"1,2\n")
+            w.add_metrics(rows=1)
+        assert w.artifact is not None and w.artifact.mime == "text/csv" and w.artifact.metrics == {"rows": 1.0}
+        assert await arts.load_text(w.artifact.uri) == "a,b\n1,2\n"
+        assert not w.path.exists()
+        before = _events(config)
+        with pytest.raises(RuntimeError, match="boom"):
+            async with arts.writer(kind="table") as w2:
+                w2.write("partial")
+                raise RuntimeError("boom")
+        assert w2.artifact is None and not w2.path.exists()
+        assert _events(config) == before
+        assert len(list(ctx.store().list_keys("artifacts/blobs/"))) == 1
+
+
+async def test_query_views_labels_metrics_pin(config: AetherConfig) -> None:
+    run_a = f"run-{uuid.uuid4().hex[:6]}"
+    async with open_session(config=config, run_id=run_a, graph_id="train", node_id="fit") as ctx:
+        arts = ctx.artifacts()
+        m1 = await arts.save_json({"m": 1}, kind="model", labels={"arch": "cnn"}, metrics={"acc": 0.7, "loss": 0.9})
+        m2 = await arts.save_json({"m": 2}, kind="model", labels={"arch": "mlp"}, metrics={"acc": 0.9, "loss": 0.4})
+        await arts.save_text("notes", kind="notes")
+    async with open_session(config=config, run_id=run_a, graph_id="train", node_id="eval") as ctx:
+        arts = ctx.artifacts()
+        m3 = await arts.save_json({"m": 3}, kind="model", labels={"arch": "cnn"}, metrics={"acc": 0.8, "loss": 0.2})
+        assert {a.artifact_id for a in await arts.search(kind="model", view="node")} == {m3.artifact_id}
+        assert {a.artifact_id for a in await arts.search(kind="model", scope="node")} == {m3.artifact_id}
+        assert len(await arts.list()) == 4 and len(await arts.list(view="node")) == 1
+        assert [a.artifact_id for a in await arts.search(kind="model", metric="acc")] == [
+            m2.artifact_id, m3.artifact_id, m1.artifact_id]
+        assert [a.artifact_id for a in await arts.search(kind="model", metric="loss", mode="min", limit=2)] == [
+            m3.artifact_id, m2.artifact_id]
+        assert {a.artifact_id for a in await arts.search(labels={"arch": "cnn"})} == {m1.artifact_id, m3.artifact_id}
+        assert (await arts.best(kind="model", metric="acc")).artifact_id == m2.artifact_id  # type: ignore[union-attr]
+        assert (await arts.best(kind="model", metric="loss", mode="min", scope="run")).artifact_id == m3.artifact_id  # type: ignore[union-attr]
+        assert await arts.best(kind="model", metric="f1") is None
+        pinned = await arts.pin(m1.artifact_id)
+        assert pinned.pinned
+        assert (await arts.get_by_id(m1.artifact_id)).pinned
+    async with open_session(config=config, graph_id="train", node_id="report") as ctx:  # a new run of the graph
+        arts = ctx.artifacts()
+        assert await arts.list() == []
+        assert len(await arts.search(kind="model", view="graph")) == 3
+        assert len(await arts.list(view="all")) == 4
+        await arts.save_text("other graph", kind="notes")
+    async with open_session(config=config, graph_id="other") as ctx:
+        assert await ctx.artifacts().search(kind="model", view="graph") == []
+        assert len(await ctx.artifacts().search(view="all")) == 5
+
+
+def test_index_survives_the_process(config: AetherConfig) -> None:
+    """Another process (a fresh cache) finds what this one saved, pins included."""
+    from aether_prefect import open_session_sync
+
+    with open_session_sync(config=config, graph_id="writer") as ctx:
+        arts = ctx.artifacts().sync
+        a = arts.save_json([{"x": 1}], kind="metrics", metrics={"f1": 0.5}, labels={"exp": "e1"})
+        arts.pin(a.artifact_id)
+        aid = a.artifact_id
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from aether_prefect import open_session_sync
+        from aether_prefect.blocks import AetherConfig
+        cfg = AetherConfig.model_validate_json(sys.stdin.read())
+        with open_session_sync(config=cfg, graph_id="reader") as ctx:
+            best = ctx.artifacts().sync.best(kind="metrics", metric="f1", scope="all")
+            hits = ctx.artifacts().sync.search(labels={"exp": "e1"}, view="all")
+            print(json.dumps({"best": best.artifact_id, "pinned": best.pinned, "n": len(hits),
+                              "data": ctx.artifacts().sync.load_json_by_id(best.artifact_id)}))
+        """
+    )
+    data = config.model_dump(mode="json")
+    if config.store.aws_secret_access_key is not None:  # type: ignore[union-attr]
+        data["store"]["aws_secret_access_key"] = SECRET_KEY
+    out = subprocess.run(
+        [sys.executable, "-c", script], input=json.dumps(data), capture_output=True, text=True, timeout=180,
+        cwd=str(Path(__file__).resolve().parents[2]),
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"best": aid, "pinned": True, "n": 1, "data": [{"x": 1}]}
+
+
+async def test_corrupted_blob_raises_integrity_error(config: AetherConfig) -> None:
+    async with open_session(config=config) as ctx:
+        arts = ctx.artifacts()
+        art = await arts.save_text("precious data", name="p.txt")
+        ctx.store().put_bytes(blob_key(art.artifact_id), b"tampered data")  # behind our back
+        for call in (lambda: arts.load_bytes_by_id(art.artifact_id), lambda: arts.load_text(art.uri),
+                     lambda: arts.as_local_file(art)):
+            with pytest.raises(IntegrityError, match=art.artifact_id):
+                await call()
+
+
+class _IndexDown(LocalStore):
+    """A real LocalStore whose index writes fail, as if the store went away between blob and record."""
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        if key.startswith(REC):
+            raise StoreError("index write refused (test)")
+        super().put_bytes(key, data, content_type=content_type)
+
+
+async def _prefect_artifacts(flow_run_id: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async with get_client() as client:
+        return await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[uuid.UUID(flow_run_id)]))
+        )
+
+
+async def test_prefect_artifacts_readable_from_api(config: AetherConfig) -> None:
+    @aether_task(config=config)
+    async def produce(*, context: NodeContext) -> dict[str, Any]:
+        arts = context.artifacts()
+        t = await arts.save_text("# Hello\nsmall text", name="Hello World.md", labels={"k": "v"})
+        tb = await arts.save_json([{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.3}], kind="Loss_Curve")
+        b = await arts.save_bytes(b"\x89PNG....", kind="image", name="plot.png")
+        return {"flow_run_id": context.flow_run_id, "task_run_id": context.task_run_id,
+                "arts": [a.model_dump(mode="json") for a in (t, tb, b)]}
+
+    @flow(name="artifacts-publish")
+    async def f() -> dict[str, Any]:
+        return await produce()
+
+    out = await f()
+    t, tb, b = (Artifact.model_validate(a) for a in out["arts"])
+    assert all(a.prefect_artifact_id for a in (t, tb, b))
+    found = {str(a.id): a for a in await _prefect_artifacts(out["flow_run_id"])}
+    assert set(found) >= {t.prefect_artifact_id, tb.prefect_artifact_id, b.prefect_artifact_id}
+    pt, ptb, pb = found[t.prefect_artifact_id], found[tb.prefect_artifact_id], found[b.prefect_artifact_id]  # type: ignore[index]
+    assert (pt.key, pt.type, pt.data) == ("hello-world-md", "markdown", "# Hello\nsmall text")
+    assert t.sha256 in pt.description and t.uri in pt.description and "k=v" in pt.description and "text" in pt.description
+    assert (ptb.key, ptb.type) == ("loss-curve", "table") and json.loads(ptb.data)[1]["loss"] == 0.3
+    assert (pb.key, pb.type) == ("plot-png", "markdown") and pb.data == f"[plot.png]({b.uri})"
+    assert str(pt.task_run_id) == out["task_run_id"]
+    # the index knows the Prefect ids too
+    async with open_session(config=config) as ctx:
+        rec = await ctx.artifacts().get_by_id(tb.artifact_id)
+        assert rec.prefect_artifact_id == tb.prefect_artifact_id
+
+
+async def test_no_prefect_artifact_and_no_warning_outside_a_run(tmp_store: AetherObjectStore) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        async with open_session(config=AetherConfig(store=tmp_store)) as ctx:
+            art = await ctx.artifacts().save_text("quiet")
+    assert art.prefect_artifact_id is None
+
+
+async def test_failed_index_write_leaves_no_record_nor_prefect_artifact(tmp_path: Path) -> None:
+    store = _IndexDown(tmp_path / "s")
+
+    @aether_task(store=store)
+    async def save(*, context: NodeContext) -> str:
+        with pytest.raises(StoreError, match="index write refused"):
+            await context.artifacts().save_text("lost?", name="x")
+        return str(context.flow_run_id)
+
+    @flow
+    async def f() -> str:
+        return await save()
+
+    flow_run_id = await f()
+    assert await _prefect_artifacts(flow_run_id) == []
+    assert list(store.list_keys(f"{REC}/")) == []
+    assert len(list(store.list_keys("artifacts/blobs/"))) == 1  # the blob alone is harmless (no record points at it)
+
+
+def test_sync_task_uses_sync_view(config: AetherConfig) -> None:
+    @aether_task(config=config)
+    def work(*, context: NodeContext) -> tuple[str, str]:
+        arts = context.artifacts().sync
+        with arts.writer(kind="log", planned_ext="txt") as w:
+            w.write("line\n")
+        a = arts.save_text("sync text")
+        return arts.load_text_by_id(a.artifact_id), arts.load_text(w.artifact.uri)
+
+    @flow
+    def f() -> tuple[str, str]:
+        return work()
+
+    assert f() == ("sync text", "line\n")
+
+
+async def test_s3_endpoint_down_mid_flow_then_back(s3_store_block: AetherObjectStore, moto_s3: Any) -> None:
+    """S3 stops: the save raises StoreError, no record, no Prefect artifact; back up: the same save works."""
+    import anyio
+
+    config = AetherConfig(store=s3_store_block)
+    state: dict[str, Any] = {}
+
+    @aether_task(config=config)
+    async def save_twice(*, context: NodeContext) -> None:
+        arts = context.artifacts()
+        state["flow_run_id"] = context.flow_run_id
+        await anyio.to_thread.run_sync(moto_s3.stop)
+        try:
+            with pytest.raises(StoreError) as info:
+                await arts.save_text("survives", name="s.txt")
+            assert SECRET_KEY not in str(info.value)
+            state["after_fail"] = len(await _prefect_artifacts(context.flow_run_id))
+        finally:
+            await anyio.to_thread.run_sync(moto_s3.start)
+            await anyio.to_thread.run_sync(moto_s3.create_bucket, s3_store_block.bucket)
+        state["art"] = await arts.save_text("survives", name="s.txt")
+
+    @flow
+    async def f() -> None:
+        await save_twice()
+
+    await f()
+    assert state["after_fail"] == 0
+    arts_in_run = await _prefect_artifacts(state["flow_run_id"])
+    assert [str(a.id) for a in arts_in_run] == [state["art"].prefect_artifact_id]
+    async with open_session(config=config) as ctx:
+        hits = await ctx.artifacts().search(view="all")
+        assert [h.artifact_id for h in hits] == [state["art"].artifact_id]
+        assert await ctx.artifacts().load_text(hits[0].uri) == "survives"

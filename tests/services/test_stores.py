@@ -1,0 +1,179 @@
+"""One suite over both object store backends: LocalStore (a directory) and S3Store (moto over HTTP)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aether_prefect.errors import StoreError
+from aether_prefect.services.stores import InvalidKey, ObjectNotFound, ObjectStore, open_store
+from aether_prefect.services.stores.local import LocalStore
+from aether_prefect.services.stores.s3 import MULTIPART_THRESHOLD, S3Store
+from tests.servers.s3 import SECRET_KEY
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
+    """A fresh store of each backend."""
+    if request.param == "local":
+        yield LocalStore(tmp_path / "root")
+    else:
+        block = request.getfixturevalue("s3_store_block")
+        yield S3Store.from_block(block)
+
+
+def test_roundtrip_and_metadata(store: ObjectStore) -> None:
+    store.put_bytes("a/b/c.bin", b"hello", content_type="application/octet-stream")
+    assert store.get_bytes("a/b/c.bin") == b"hello"
+    assert store.exists("a/b/c.bin") and not store.exists("a/b/missing")
+    assert store.size("a/b/c.bin") == 5
+    assert store.key_from_uri(store.uri("a/b/c.bin")) == "a/b/c.bin"
+    store.put_bytes("a/b/c.bin", b"again")  # overwrite
+    assert store.get_bytes("a/b/c.bin") == b"again"
+    store.delete("a/b/c.bin")
+    store.delete("a/b/c.bin")  # deleting a missing key is fine
+    with pytest.raises(ObjectNotFound):
+        store.get_bytes("a/b/c.bin")
+    with pytest.raises(ObjectNotFound):
+        store.size("a/b/c.bin")
+
+
+@pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "a/./b", "nul\x00", "sp ace", "a\\b"])
+def test_invalid_keys(store: ObjectStore, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        store.put_bytes(key, b"x")
+
+
+def test_uri_of_another_store_is_rejected(store: ObjectStore) -> None:
+    with pytest.raises(InvalidKey):
+        store.key_from_uri("s3://some-other-bucket/x/y" if store.scheme == "file" else "file:///tmp/x")
+
+
+def test_put_if_absent_once_under_concurrency(store: ObjectStore) -> None:
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def attempt(i: int) -> None:
+        ok = store.put_if_absent("once/key", f"writer-{i}".encode())
+        with lock:
+            results.append(ok)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+    winner = results.index(True)
+    assert store.get_bytes("once/key").startswith(b"writer-")
+    assert store.put_if_absent("once/key", b"late") is False
+    assert store.get_bytes("once/key") != b"late"
+    assert winner >= 0
+
+
+def test_list_order_prefix_and_start_after(store: ObjectStore) -> None:
+    keys = ["l/b/2", "l/a/1", "l/c", "l/a/0", "other/x", "l2/z"]
+    for k in keys:
+        store.put_bytes(k, k.encode())
+    assert list(store.list_keys("l/")) == ["l/a/0", "l/a/1", "l/b/2", "l/c"]
+    assert list(store.list_keys("l/a/")) == ["l/a/0", "l/a/1"]
+    assert list(store.list_keys("l/", start_after="l/a/1")) == ["l/b/2", "l/c"]
+    assert list(store.list_keys("l")) == ["l/a/0", "l/a/1", "l/b/2", "l/c", "l2/z"]
+    assert list(store.list_keys("nothing/")) == []
+
+
+def test_put_file_streams_and_download(store: ObjectStore, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    size = MULTIPART_THRESHOLD + 3 * 1024 * 1024 + 17  # multipart on S3
+    with open(src, "wb") as f:
+        for i in range(size // (1024 * 1024) + 1):
+            f.write(hashlib.sha256(str(i).encode()).digest() * 32768)
+        f.truncate(size)
+    want = hashlib.sha256(src.read_bytes()).hexdigest()
+    store.put_file("files/big.bin", src, content_type="application/octet-stream")
+    assert store.size("files/big.bin") == size
+    dest = tmp_path / "out" / "big.bin"
+    store.download_file("files/big.bin", dest)
+    assert hashlib.sha256(dest.read_bytes()).hexdigest() == want
+    assert [p.name for p in dest.parent.iterdir()] == ["big.bin"]  # no temp file left
+    with pytest.raises(ObjectNotFound):
+        store.download_file("files/none", tmp_path / "out" / "none")
+    assert not (tmp_path / "out" / "none").exists()
+
+
+def test_failed_put_file_leaves_nothing(store: ObjectStore, tmp_path: Path) -> None:
+    with pytest.raises((OSError, StoreError)):
+        store.put_file("files/absent", tmp_path / "does-not-exist")
+    assert not store.exists("files/absent")
+    if isinstance(store, LocalStore):
+        assert not any((store.root / ".tmp").glob("*"))
+
+
+def test_readers_see_whole_objects_only(store: ObjectStore) -> None:
+    """Atomic writes: a concurrent reader sees one whole version or the other, never a mix or a prefix."""
+    a, b = b"a" * (1024 * 1024), b"b" * (1024 * 1024)
+    store.put_bytes("atomic/k", a)
+    stop = threading.Event()
+    bad: list[int] = []
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set() and i < 40:
+            store.put_bytes("atomic/k", b if i % 2 else a)
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        for _ in range(40):
+            data = store.get_bytes("atomic/k")
+            if data not in (a, b):
+                bad.append(len(data))
+    finally:
+        stop.set()
+        t.join()
+    assert bad == []
+
+
+def test_one_store_per_block(tmp_store, s3_store_block) -> None:  # type: ignore[no-untyped-def]
+    assert open_store(tmp_store) is open_store(tmp_store.model_copy())
+    s3 = open_store(s3_store_block)
+    assert isinstance(s3, S3Store) and s3 is open_store(s3_store_block)
+
+
+def test_s3_client_reused_per_thread(s3_store_block) -> None:  # type: ignore[no-untyped-def]
+    store = S3Store.from_block(s3_store_block)
+    store.put_bytes("x", b"1")
+    first = store._client()
+    store.get_bytes("x")
+    assert store._client() is first
+    other: list[object] = []
+    t = threading.Thread(target=lambda: other.append(store._client()))
+    t.start()
+    t.join()
+    assert other[0] is not first
+
+
+def test_s3_unreachable_is_a_store_error_without_secrets(s3_store_block) -> None:  # type: ignore[no-untyped-def]
+    from tests.servers.prefect_server import free_port
+
+    block = s3_store_block.model_copy(update={"endpoint_url": f"http://127.0.0.1:{free_port()}"})
+    store = S3Store.from_block(block)
+    assert SECRET_KEY not in repr(store)
+    for call in (lambda: store.put_bytes("k", b"x"), lambda: store.get_bytes("k"), lambda: list(store.list_keys("p/")),
+                 lambda: store.put_if_absent("k", b"x")):
+        with pytest.raises(StoreError) as info:
+            call()
+        assert SECRET_KEY not in str(info.value) and "reachable" in str(info.value)
+
+
+def test_s3_wrong_bucket_is_a_store_error(s3_store_block) -> None:  # type: ignore[no-untyped-def]
+    store = S3Store.from_block(s3_store_block.model_copy(update={"bucket": "no-such-bucket-here"}))
+    with pytest.raises(StoreError, match="no-such-bucket-here"):
+        store.put_bytes("k", b"x")
+    assert os.environ.get("AWS_SECRET_ACCESS_KEY") is None or True
