@@ -75,6 +75,17 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
+def _where(server: AetherMCPServer) -> str:
+    """The server's command line, or its URL without credentials or query string (for messages and reprs)."""
+    if server.transport == "stdio":
+        return f"{server.command} {' '.join(server.args)}".strip()
+    from urllib.parse import urlsplit
+
+    u = urlsplit(server.url or "")
+    host = u.hostname or ""
+    return f"{u.scheme}://{host}{f':{u.port}' if u.port else ''}{u.path}"
+
+
 def _errlog() -> Any:
     """Where a stdio server's stderr goes: ours when it is a real file, else the inherited fd 2."""
     try:
@@ -176,39 +187,49 @@ class _Connection:
             raise self.error or MCPError(f"MCP server {self.label}: the session is closed; call again to reconnect")
         return self.session
 
-    async def close(self) -> None:
-        """Ask the owner task to exit and wait for it (bounded), from its own loop or another one."""
+    def signal_close(self) -> None:
+        """Ask the owner task to exit, without waiting (safe from any thread or loop)."""
+        if self.loop.is_closed():
+            return  # the loop's shutdown already cancelled (and so exited) the owner task
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if self.loop.is_closed():
-            return  # the loop's shutdown already cancelled (and so exited) the owner task
         if running is self.loop:
             self._closing.set()
-            await asyncio.wait({self.task}, timeout=_CLOSE_WAIT_S)  # never cancels the owner, never raises its error
+        else:
+            with contextlib.suppress(RuntimeError):  # loop closed meanwhile
+                self.loop.call_soon_threadsafe(self._closing.set)
+
+    async def _exit_and_wait(self) -> None:
+        self._closing.set()
+        await asyncio.wait({self.task})  # never cancels the owner, never raises its error
+
+    async def close(self) -> None:
+        """Ask the owner task to exit and wait (bounded) until it has, from its own loop or another one."""
+        if self.loop.is_closed() or self.task.done():
             return
-        # Another loop (e.g. opened by an async task, closed through the sync portal): signal thread-safely.
-        done = threading.Event()
-
-        def _signal() -> None:
-            self._closing.set()
-            self.task.add_done_callback(lambda _t: done.set())
-
         try:
-            self.loop.call_soon_threadsafe(_signal)
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            self._closing.set()
+            await asyncio.wait({self.task}, timeout=_CLOSE_WAIT_S)
+            return
+        # Another loop (e.g. opened on the sync portal, closed by an async task): wait through a thread-safe future.
+        try:
+            done = asyncio.run_coroutine_threadsafe(self._exit_and_wait(), self.loop)
         except RuntimeError:  # loop closed meanwhile
             return
-        import anyio
-
-        await anyio.to_thread.run_sync(done.wait, _CLOSE_WAIT_S)
+        await asyncio.wait({asyncio.wrap_future(done)}, timeout=_CLOSE_WAIT_S)
 
     def translate(self, exc: BaseException, doing: str) -> MCPError:
         """An MCPError saying what went wrong and how to fix it; never includes headers, tokens or env."""
         if isinstance(exc, MCPError):
             return exc
         s = self.server
-        where = f"{s.command} {' '.join(s.args)}".strip() if s.transport == "stdio" else f"{s.url}"
+        where = _where(s)
         if self.http_status in (401, 403):
             return MCPError(
                 f"MCP server {self.label} at {where} refused the credentials (HTTP {self.http_status}) while {doing}: "
@@ -282,12 +303,13 @@ class MCPClient(BoundService):
         self.server = server
         self._http_transport = http_transport
         self._conn: _Connection | None = None
+        self._retired: list[_Connection] = []  # sessions left on another loop, closed by close()
         self._lock = threading.Lock()  # guards _conn swaps only (never held across an await)
         self._tool_names: set[str] | None = None
         self._finished = False
 
     def __repr__(self) -> str:
-        where = self.server.command if self.server.transport == "stdio" else self.server.url
+        where = self.server.command if self.server.transport == "stdio" else _where(self.server)
         state = "open" if self._conn is not None and not self._conn.broken else "closed"
         return f"MCPClient(name={self.name!r}, transport={self.server.transport!r}, target={where!r}, {state})"
 
@@ -311,14 +333,16 @@ class MCPClient(BoundService):
                 "inside a live task run or session"
             )
         loop = asyncio.get_running_loop()
-        stale: _Connection | None = None
         with self._lock:
             conn = self._conn
             if conn is None or conn.broken or conn.loop is not loop:
-                stale, conn = conn, _Connection(self.server, self._label, self._http_transport)
+                if conn is not None:
+                    # Used from another loop now (e.g. a .sync call in an async task): reopen here. The old
+                    # session is only signalled, never awaited here: its loop may be the one blocked on us.
+                    conn.signal_close()
+                    self._retired = [c for c in self._retired if not c.task.done()] + [conn]
+                conn = _Connection(self.server, self._label, self._http_transport)
                 self._conn = conn
-        if stale is not None:
-            await stale.close()
         try:
             await conn.wait_ready()
         except MCPError:
@@ -350,8 +374,9 @@ class MCPClient(BoundService):
     async def close(self) -> None:
         """Close the session (and stop a stdio server); a later call opens a new one."""
         with self._lock:
-            conn, self._conn = self._conn, None
-        if conn is not None:
+            conns = [c for c in (*self._retired, self._conn) if c is not None]
+            self._conn, self._retired = None, []
+        for conn in conns:
             await conn.close()
 
     async def aclose(self) -> None:

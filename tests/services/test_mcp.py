@@ -276,6 +276,23 @@ def test_session_used_from_another_loop_reopens_there(local_config: AetherConfig
     assert demo_children() == []
 
 
+def test_sync_call_blocking_an_async_loop_does_not_deadlock(
+    local_config: AetherConfig, mcp_stdio_block: AetherMCPServer
+) -> None:
+    async def body() -> None:
+        async with open_session(config=cfg(local_config, default=mcp_stdio_block)) as ctx:
+            m = ctx.mcp()
+            here = (await m.call("whoami"))["pid"]
+            # Mixed styles: a blocking .sync call from async code blocks this loop, where the first session lives.
+            there = m.sync.call("whoami")["pid"]
+            assert there != here
+            assert (await m.call("add", {"a": 2, "b": 2})) == {"result": 4}  # back on this loop: reopens here
+        assert all([await asyncio.to_thread(wait_gone, p) for p in (here, there)])
+
+    run(body)
+    assert demo_children() == []
+
+
 def test_inside_aether_tasks_sync_and_async(
     local_config: AetherConfig, mcp_stdio_block: AetherMCPServer, mcp_http_server: MCPHttpServer
 ) -> None:
