@@ -16,6 +16,7 @@ The kind is in the key so kind filters skip objects without reading them.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import secrets
 import threading
@@ -31,6 +32,9 @@ _MAX_HOUR = 10**10 - 1
 _SAFE_PART = re.compile(r"^[A-Za-z0-9.-]{1,100}$")
 _SAFE_KIND = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
 _READ_WORKERS = 8
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
 
 
 def _sha(value: str, n: int) -> str:
@@ -115,6 +119,16 @@ def newest_keys(store: ObjectStore, prefix: str, kinds: Iterable[str] | None = N
                 yield key
 
 
+def _read_pool() -> ThreadPoolExecutor:
+    """One long-lived reader pool per process: its threads keep their per-thread store clients warm."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(_READ_WORKERS, thread_name_prefix="aether-memory-read")
+            _pool_pid = os.getpid()
+        return _pool
+
+
 def read_many(store: ObjectStore, keys: list[str]) -> list[bytes | None]:
     """Read objects in order (in parallel for remote stores); a vanished object reads as None."""
 
@@ -126,5 +140,4 @@ def read_many(store: ObjectStore, keys: list[str]) -> list[bytes | None]:
 
     if len(keys) < 4 or store.scheme == "file":
         return [one(k) for k in keys]
-    with ThreadPoolExecutor(min(_READ_WORKERS, len(keys)), thread_name_prefix="aether-memory-read") as pool:
-        return list(pool.map(one, keys))
+    return list(_read_pool().map(one, keys))
