@@ -92,3 +92,28 @@ def test_start_failure_reports_the_log(no_api_url: None, tmp_path: object) -> No
             srv.start_server(port, ui=False, timeout_s=120)
     assert srv.running_servers() == []
     assert "PREFECT_API_URL" not in os.environ
+
+
+@pytest.mark.timeout(300)
+def test_detached_server_outlives_its_starter_and_is_stopped_by_pid(prefect_server: PrefectServer) -> None:
+    """What `aether-prefect server start` / `server stop` do: start in one process, stop from another."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    code = f"from aether_prefect.server import start_server; print(start_server({port}, ui=False, detach=True))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith(f"http://127.0.0.1:{port}")
+    api = f"http://127.0.0.1:{port}/api"
+    assert httpx.get(f"{api}/health", timeout=5).status_code == 200  # the starter exited, the server did not
+    (info,) = [s for s in srv.running_servers() if s.port == port]
+    assert info.detached and _pid_alive(info.pid)
+
+    assert srv.stop_server(port) is True
+    assert not _pid_alive(info.pid)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{api}/health", timeout=2)
+    assert srv.stop_server(port) is False
+    assert os.environ["PREFECT_API_URL"] == prefect_server.api_url  # ours was never touched

@@ -204,9 +204,9 @@ class ChannelService(BoundService):
             )
         if self.ctx.flow_run_id:
             raise ChannelError(
-                f"cannot ask {_short(prompt)!r}: this task runs in a worker outside its flow's process "
-                f"(flow run {self.ctx.flow_run_id}), where Prefect cannot pause the flow run. "
-                "Ask from the flow, or from a task on the flow's thread pool (the default task runner)"
+                f"cannot ask {_short(prompt)!r}: this worker has no Prefect flow run context for flow run "
+                f"{self.ctx.flow_run_id}, so Prefect cannot pause it (and stdin is not a terminal). Ask from the "
+                "flow, or from a task on a thread-pool or process-pool task runner, which carry that context"
             )
         raise ChannelError(
             f"cannot ask {_short(prompt)!r}: a question needs a Prefect flow run (answered in the Prefect UI) "
