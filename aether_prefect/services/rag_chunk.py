@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from pathlib import Path
 
 from aether_prefect.errors import RAGError
@@ -55,9 +56,12 @@ def chunk_text(text: str, size: int, overlap: int) -> list[str]:
     while start < n:
         end = min(start + size, n)
         if end < n:
-            cut = max(text.rfind("\n\n", start + size // 2, end), text.rfind(" ", start + size // 2, end))
-            if cut > start:
-                end = cut
+            lo = start + size // 2
+            for sep in ("\n\n", ". ", "\n", " "):  # prefer paragraph, then sentence, then word boundaries
+                cut = text.rfind(sep, lo, end)
+                if cut > start:
+                    end = cut + (1 if sep == ". " else 0)
+                    break
         piece = text[start:end].strip()
         if piece:
             chunks.append(piece)
@@ -80,4 +84,17 @@ def tokenize(text: str) -> list[str]:
         if len(tok) > 3 and tok.endswith("s") and not tok.endswith("ss"):
             tok = tok[:-1]
         out.append(tok)
+    return out
+
+
+def term_counts(text: str) -> dict[str, int]:
+    """BM25 term frequencies of ``text`` (same terms as :func:`tokenize`), counted in C then normalised per term."""
+    raw = Counter(_TOKEN_RE.findall(text.lower()))
+    out: dict[str, int] = {}
+    for tok, n in raw.items():
+        if tok in _STOPWORDS:
+            continue
+        if len(tok) > 3 and tok.endswith("s") and not tok.endswith("ss"):
+            tok = tok[:-1]
+        out[tok] = out.get(tok, 0) + n
     return out

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from aether_prefect.errors import RAGError
-from aether_prefect.services.rag_chunk import tokenize
+from aether_prefect.services.rag_chunk import term_counts, tokenize
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 
 BM25_K1 = 1.2
@@ -148,7 +148,9 @@ def bump_version(store: ObjectStore, corpus_id: str) -> str:
 class Built:
     """An immutable snapshot of the search arrays; searches use it without locks."""
 
+    keys: list[str]  # object key per doc, in doc order
     recs: list[DocRecord]
+    doc_rows: np.ndarray  # first chunk row of each doc (int64), length docs + 1
     chunk_doc: np.ndarray  # doc index per chunk (int32)
     chunk_pos: np.ndarray  # chunk number within its doc (int32)
     indptr: np.ndarray  # CSR offsets per term id (int64)
@@ -163,6 +165,16 @@ class Built:
         return int(self.chunk_doc.shape[0])
 
 
+@dataclass(frozen=True)
+class _DocTerms:
+    """Tokenised form of one record: term ids and counts of all its chunks, concatenated."""
+
+    tids: np.ndarray  # int32
+    tfs: np.ndarray  # float32
+    lens: np.ndarray  # unique terms per chunk (int64)
+    dl: np.ndarray  # tokens per chunk (float32)
+
+
 @dataclass
 class CorpusIndex:
     """The process-wide cached index of one corpus; thread-safe, rebuilt lazily after changes."""
@@ -172,9 +184,10 @@ class CorpusIndex:
     records: dict[str, DocRecord] = field(default_factory=dict)  # object key -> record
     version: str | None = None
     checked_at: float = 0.0
-    _terms: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    _terms: dict[str, _DocTerms] = field(default_factory=dict)
     _vocab: dict[str, int] = field(default_factory=dict)
     _built: Built | None = None
+    _stale: Built | None = None  # the previous snapshot, whose vectors are reused by the next build
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- record bookkeeping ---------------------------------------------------
@@ -197,15 +210,24 @@ class CorpusIndex:
                 self._terms.pop(key, None)
             for key, rec in added.items():
                 self.records[key] = rec
-                self._terms[key] = [self._term_counts(t) for t in rec.chunks]
+                self._terms[key] = self._doc_terms(rec.chunks)
+            if self._built is not None:
+                self._stale = self._built
             self._built = None
 
-    def _term_counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        toks = tokenize(text)
+    def _doc_terms(self, chunks: list[str]) -> _DocTerms:
         vocab = self._vocab
-        ids = np.fromiter((vocab.setdefault(t, len(vocab)) for t in toks), dtype=np.int32, count=len(toks))
-        uniq, counts = np.unique(ids, return_counts=True)
-        return uniq.astype(np.int32), counts.astype(np.float32)
+        tids: list[int] = []
+        tfs: list[int] = []
+        lens = np.zeros(len(chunks), np.int64)
+        dl = np.zeros(len(chunks), np.float32)
+        for i, text in enumerate(chunks):
+            counts = term_counts(text)
+            tids.extend(vocab.setdefault(t, len(vocab)) for t in counts)
+            tfs.extend(counts.values())
+            lens[i] = len(counts)
+            dl[i] = sum(counts.values())
+        return _DocTerms(np.asarray(tids, np.int32), np.asarray(tfs, np.float32), lens, dl)
 
     def sync_from_store(self, store: ObjectStore) -> None:
         """Load records added by any process since the last sync and drop deleted ones."""
@@ -245,22 +267,25 @@ class CorpusIndex:
         with self.lock:
             if self._built is None:
                 self._built = self._build()
+                self._stale = None
             return self._built
 
     def _build(self) -> Built:
         keys = sorted(self.active().values())
         recs = [self.records[k] for k in keys]
-        per_chunk = [tc for k in keys for tc in self._terms[k]]
-        n = len(per_chunk)
-        lens = np.fromiter((len(t) for t, _ in per_chunk), dtype=np.int64, count=n)
-        chunk_doc = np.repeat(np.arange(len(recs), dtype=np.int32), [len(r.chunks) for r in recs]).astype(np.int32)
-        chunk_pos = np.concatenate([np.arange(len(r.chunks), dtype=np.int32) for r in recs]) if recs else np.zeros(0, np.int32)
+        terms_of = [self._terms[k] for k in keys]
+        sizes = np.fromiter((len(r.chunks) for r in recs), dtype=np.int64, count=len(recs))
+        doc_rows = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        n = int(doc_rows[-1])
+        chunk_doc = np.repeat(np.arange(len(recs), dtype=np.int32), sizes)
+        chunk_pos = (np.arange(n, dtype=np.int64) - doc_rows[chunk_doc]).astype(np.int32)
         vsize = len(self._vocab)
+        lens = np.concatenate([t.lens for t in terms_of]) if recs else np.zeros(0, np.int64)
         if n and lens.sum():
-            terms = np.concatenate([t for t, _ in per_chunk])
-            tf = np.concatenate([c for _, c in per_chunk])
+            terms = np.concatenate([t.tids for t in terms_of])
+            tf = np.concatenate([t.tfs for t in terms_of])
+            dl = np.concatenate([t.dl for t in terms_of])
             chunk_of = np.repeat(np.arange(n, dtype=np.int32), lens)
-            dl = np.fromiter((float(c.sum()) for _, c in per_chunk), dtype=np.float32, count=n)
             order = np.argsort(terms, kind="stable")
             terms, tf, chunk_of = terms[order], tf[order], chunk_of[order]
             df = np.bincount(terms, minlength=vsize)
@@ -273,27 +298,38 @@ class CorpusIndex:
             indptr = np.zeros(vsize + 1, np.int64)
             chunk_of = np.zeros(0, np.int32)
             w = np.zeros(0, np.float32)
-        vectors, has_vec = self._build_vectors(recs, n)
-        return Built(recs, chunk_doc, chunk_pos, indptr, chunk_of.astype(np.int32), w, dict(self._vocab), vectors, has_vec)
+        vectors, has_vec = _build_vectors(keys, recs, doc_rows, self._stale)
+        return Built(keys, recs, doc_rows, chunk_doc, chunk_pos, indptr, chunk_of.astype(np.int32), w,
+                     dict(self._vocab), vectors, has_vec)
 
-    @staticmethod
-    def _build_vectors(recs: list[DocRecord], n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
-        dim = next((r.dim for r in recs if r.vectors_b64 and r.dim), None)
-        if dim is None:
-            return None, None
-        mat = np.zeros((n, dim), dtype=np.float32)
-        has = np.zeros(n, dtype=bool)
-        row = 0
-        for r in recs:
-            m = len(r.chunks)
-            v = r.vectors() if r.dim == dim else None
-            if v is not None:
-                mat[row : row + m] = v
-                has[row : row + m] = True
-            row += m
-        norms = np.linalg.norm(mat, axis=1, keepdims=True)
-        np.divide(mat, norms, out=mat, where=norms > 0)
-        return mat, has
+
+def _build_vectors(
+    keys: list[str], recs: list[DocRecord], doc_rows: np.ndarray, prev: Built | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The unit-row embedding matrix; rows of records already in ``prev`` are copied, not decoded again."""
+    dim = next((r.dim for r in recs if r.vectors_b64 and r.dim), None)
+    if dim is None:
+        return None, None
+    n = int(doc_rows[-1])
+    mat = np.zeros((n, dim), dtype=np.float32)
+    has = np.zeros(n, dtype=bool)
+    reuse: dict[str, int] = {}
+    if prev is not None and prev.vectors is not None and prev.vectors.shape[1] == dim:
+        reuse = {k: i for i, k in enumerate(prev.keys)}
+    for i, (key, r) in enumerate(zip(keys, recs)):
+        a, z = int(doc_rows[i]), int(doc_rows[i + 1])
+        j = reuse.get(key)
+        if j is not None and prev is not None and prev.has_vec is not None:
+            pa, pz = int(prev.doc_rows[j]), int(prev.doc_rows[j + 1])
+            mat[a:z] = prev.vectors[pa:pz]  # type: ignore[index]
+            has[a:z] = prev.has_vec[pa:pz]
+            continue
+        v = r.vectors() if r.dim == dim else None
+        if v is not None:
+            norms = np.linalg.norm(v, axis=1, keepdims=True)
+            np.divide(v, norms, out=mat[a:z], where=norms > 0)
+            has[a:z] = True
+    return mat, has
 
 
 # ---------------------------------------------------------------------------
@@ -371,7 +407,8 @@ def search_dense(b: Built, qvec: list[float], k: int, mask: np.ndarray | None) -
     nrm = float(np.linalg.norm(q))
     if nrm == 0 or not math.isfinite(nrm):
         return []
-    scores = b.vectors @ (q / nrm)
+    # einsum, not BLAS: threaded sgemv stalls for tens of ms on a busy machine; this loop is single-threaded.
+    scores = np.einsum("ij,j->i", b.vectors, q / nrm)
     valid = b.has_vec if mask is None else (b.has_vec & mask)
     return top_k(scores, k, valid)
 

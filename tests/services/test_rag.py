@@ -176,6 +176,20 @@ def test_chunking_size_and_overlap(ctx: Any) -> None:
         rag.bind_corpus("other", chunk_size=100, chunk_overlap=100)
 
 
+def test_chunker_respects_size_overlap_and_covers_text() -> None:
+    from aether_prefect.services.rag_chunk import chunk_text, term_counts, tokenize
+
+    text = "\n\n".join(" ".join(f"p{p}w{i}" for i in range(30)) + "." for p in range(6))
+    chunks = chunk_text(text, 200, 40)
+    assert len(chunks) > 3 and all(len(c) <= 200 for c in chunks)
+    words = [w.strip(".") for c in chunks for w in c.split()]
+    assert set(words) == {w.strip(".") for w in text.split()}  # nothing lost
+    assert len(words) > len(text.split())  # overlap repeats some words
+    assert chunk_text("  ", 100, 10) == [] and chunk_text("short", 100, 10) == ["short"]
+    sample = "The bees' dances: Bees dance, the bee dances again!"
+    assert term_counts(sample) == {t: tokenize(sample).count(t) for t in set(tokenize(sample))}
+
+
 def test_bad_input_raises_typed_errors_before_writing(ctx: Any, tmp_path: Path) -> None:
     rag = ctx.rag.sync
     with pytest.raises(RAGError, match="unknown corpus 'ghost'"):
@@ -291,6 +305,10 @@ def test_dense_and_hybrid_search(dense_config: AetherConfig, llm_server: Any) ->
         assert stem_of(bees[0]) == "honeybees"
         assert rag.search("kb", "waggle dance", mode="dense", filters={"category": "space"})[0].meta["labels"][
             "category"] == "space"
+        # A later upsert rebuilds the arrays reusing old rows: old and new docs are both found.
+        rag.upsert_docs("kb", [{"text": "Axolotls regrow lost limbs and gills.", "title": "Axolotl"}])
+        assert rag.search("kb", "axolotls regrow limbs", k=1, mode="dense")[0].meta["title"] == "Axolotl"
+        assert stem_of(rag.search("kb", "waggle dance worker bees", k=1, mode="dense")[0]) == "honeybees"
         # Re-upserting unchanged docs sends no embedding request.
         n = len(llm_server.requests_to("embeddings"))
         assert rag.upsert_docs("kb", corpus_docs()).unchanged == 16
@@ -341,3 +359,25 @@ def test_answer_without_llm_is_not_configured(ctx: Any) -> None:
     ctx.rag.sync.upsert_docs("kb", corpus_docs()[:2])
     with pytest.raises(ServiceNotConfigured):
         ctx.rag.sync.answer("kb", "what is photosynthesis?")
+
+
+def test_inside_prefect_flow_sync_and_async_tasks(local_config: AetherConfig) -> None:
+    from prefect import flow
+
+    from aether_prefect import NodeContext, aether_task
+
+    @aether_task(config=local_config)
+    def ingest(*, context: NodeContext) -> int:
+        return context.rag.sync.upsert_docs("flowkb", corpus_docs()).added
+
+    @aether_task(config=local_config)
+    async def ask(query: str, *, context: NodeContext) -> str:
+        hits = await context.rag().search("flowkb", query, k=1, mode="lexical")
+        return stem_of(hits[0])
+
+    @flow(name="rag-flow")
+    def pipeline() -> tuple[int, str]:
+        added = ingest()
+        return added, ask.submit("Pont du Gard aqueduct", wait_for=[]).result()
+
+    assert pipeline() == (16, "roman_aqueducts")
