@@ -25,6 +25,7 @@ from aether_prefect.errors import RAGError, ServiceNotConfigured
 from aether_prefect.services import rag_index as ri
 from aether_prefect.services.base import BoundService
 from aether_prefect.services.rag_chunk import chunk_text, read_text_file, title_of
+from aether_prefect.services.stores.base import ObjectNotFound
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext
@@ -589,7 +590,16 @@ def _write(store: "ObjectStore", idx: ri.CorpusIndex, new: list[_Prepared]) -> i
         store.put_bytes(p.key, ri.dumps_record(p.record), content_type="application/json")
     for p in new:
         for old in store.list_keys(f"{ri.docs_prefix(idx.corpus_id)}{p.src}/"):
-            if old != p.key:
+            if old == p.key:
+                continue
+            known = idx.records.get(old)
+            try:
+                rec = known or ri.DocRecord.model_validate_json(store.get_bytes(old))
+            except ObjectNotFound:
+                continue
+            # Only delete older revisions: two processes replacing the same document at once
+            # must not delete each other's; readers pick the newest of any leftovers.
+            if (rec.updated_at, old) < (p.record.updated_at, p.key):
                 store.delete(old)
                 stale.append(old)
                 replaced_srcs.add(p.src)

@@ -381,3 +381,25 @@ def test_inside_prefect_flow_sync_and_async_tasks(local_config: AetherConfig) ->
         return added, ask.submit("Pont du Gard aqueduct", wait_for=[]).result()
 
     assert pipeline() == (16, "roman_aqueducts")
+
+
+def test_replacing_never_deletes_a_newer_concurrent_revision(ctx: Any) -> None:
+    import time
+
+    from aether_prefect.services import rag_index as ri
+
+    rag = ctx.rag.sync
+    doc = {"text": "Tardigrades survive in space.", "title": "Tardigrade"}
+    first = rag.upsert_docs("kb", [doc])
+    store = ctx.store()
+    (key_v1,) = list(store.list_keys(ri.docs_prefix("kb")))
+    # Another process wrote a revision of the same document just after ours (its clock is ahead).
+    newer = ri.DocRecord(doc_id="f" * 24, corpus_id="kb", title="Tardigrade", source="Tardigrade",
+                         chunks=["Tardigrades are also called water bears."], updated_at=time.time() + 100)
+    key_other = key_v1.rsplit("/", 1)[0] + "/" + "0" * 24 + ".json"
+    store.put_bytes(key_other, ri.dumps_record(newer))
+    res = rag.upsert_docs("kb", [{**doc, "text": "Tardigrades survive boiling and freezing."}])
+    assert res.replaced == 1 and res.doc_ids != first.doc_ids  # v1 (older) went away
+    assert store.exists(key_other) and not store.exists(key_v1)
+    assert [d.doc_id for d in rag.list_docs("kb")] == ["f" * 24]  # readers see the newest revision only
+    assert rag.search("kb", "water bears", k=1, mode="lexical")[0].doc_id == "f" * 24
