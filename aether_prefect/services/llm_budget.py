@@ -8,7 +8,8 @@
 
 Calls are reserved before sending (a call-count budget is exact, even across processes). Tokens are only known
 after a reply: a call in flight when a token budget runs out finishes and is counted, so a token budget can be
-overshot by at most one call per concurrent caller.
+overshot by at most one call per concurrent caller. A request that fails after it was sent still counts as a
+call; a call refused by a budget sends nothing and counts nothing.
 """
 
 from __future__ import annotations

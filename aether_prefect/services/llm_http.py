@@ -16,7 +16,6 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
-from typing import Any
 
 import httpx
 

@@ -1,0 +1,182 @@
+"""LLM service bench: 200 concurrent chat calls vs raw httpx, per-call overhead, and the cost of budget checks.
+
+The OpenAI-compatible server runs in its own process (so it does not share the GIL with the client side).
+Run: ``.venv/bin/python bench/bench_llm.py``.
+"""
+
+from __future__ import annotations
+
+import _common as common  # noqa: I001 - must come first: sets the environment
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+
+from tests.servers.openai_server import FAKE_API_KEY
+from tests.servers.prefect_server import free_port
+
+CONCURRENT = 200
+ROUNDS = 8
+SEQUENTIAL = 60
+
+
+def start_llm_server() -> tuple[subprocess.Popen[bytes], str]:
+    """The fake OpenAI server in a subprocess; returns (process, base_url)."""
+    port = free_port()
+    code = (f"import time; from tests.servers.openai_server import FakeOpenAI; FakeOpenAI(port={port}).start(); "
+            "time.sleep(10**6)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(common.ROOT), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/v1"
+    for _ in range(300):
+        try:
+            httpx.get(f"{base}/models", headers={"Authorization": f"Bearer {FAKE_API_KEY}"}, timeout=1)
+            return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError("fake OpenAI server did not start")
+
+
+def _body(i: int) -> dict[str, Any]:
+    return {"model": "fake-chat", "messages": [{"role": "user", "content": f"question number {i}"}]}
+
+
+async def raw_batch(client: httpx.AsyncClient, base: str) -> float:
+    """Wall time of CONCURRENT raw POSTs (parse JSON, read content and usage, like the service does)."""
+    headers = {"Authorization": f"Bearer {FAKE_API_KEY}"}
+
+    async def one(i: int) -> str:
+        r = await client.post(f"{base}/chat/completions", json=_body(i), headers=headers, timeout=60)
+        r.raise_for_status()
+        data = r.json()
+        _ = data["usage"]["total_tokens"]
+        return str(data["choices"][0]["message"]["content"])
+
+    t = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(CONCURRENT)))
+    return time.perf_counter() - t
+
+
+async def ours_batch(llm: Any) -> float:
+    """Wall time of CONCURRENT ``llm.chat`` calls."""
+    t = time.perf_counter()
+    await asyncio.gather(*(llm.chat(f"question number {i}") for i in range(CONCURRENT)))
+    return time.perf_counter() - t
+
+
+Call = Callable[[int], Awaitable[Any]]
+
+
+async def paired_ms(raw_call: Call, our_call: Call, n: int = SEQUENTIAL) -> tuple[float, float]:
+    """Median ms of raw and our calls, measured in alternating pairs so machine load hits both alike."""
+    raw_t, ours_t = [], []
+    for i in range(n + 5):
+        for call, acc in ((raw_call, raw_t), (our_call, ours_t)):
+            t = time.perf_counter()
+            await call(i)
+            if i >= 5:
+                acc.append((time.perf_counter() - t) * 1000)
+    return statistics.median(raw_t), statistics.median(ours_t)
+
+
+async def client_overhead_rows(config: Any) -> list[dict[str, Any]]:
+    """Client-side cost only: the same chat through an in-process httpx.MockTransport, ours vs raw httpx."""
+    from aether_prefect.services import llm_http
+    from aether_prefect.session import open_session
+
+    reply = (b'{"choices": [{"message": {"role": "assistant", "content": "echo"}}], '
+             b'"usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}')
+    transport = httpx.MockTransport(lambda req: httpx.Response(200, content=reply,
+                                                               headers={"content-type": "application/json"}))
+    llm_http.use_transport(transport)
+    try:
+        async with httpx.AsyncClient(transport=transport) as raw, open_session(config=config) as ctx:
+            llm = ctx.llm()
+            base = llm.base_url
+            headers = {"Authorization": f"Bearer {FAKE_API_KEY}"}
+
+            async def raw_one(i: int) -> None:
+                (await raw.post(f"{base}/chat/completions", json=_body(i), headers=headers)).json()
+
+            raw_us, ours_us = [], []
+            for _ in range(7):
+                r, o = await paired_ms(raw_one, lambda i: llm.chat(f"question number {i}"), n=300)
+                raw_us.append(r * 1000)
+                ours_us.append(o * 1000)
+    finally:
+        llm_http.use_transport(None)
+    raw_med, ours_med = statistics.median(raw_us), statistics.median(ours_us)
+    return [common.row("chat, client side only (in-process transport)", ours_med, raw_med, "us"),
+            common.row("per-call overhead of the service vs raw httpx", ours_med - raw_med, None, "us")]
+
+
+async def main() -> None:
+    from pydantic import SecretStr
+
+    from aether_prefect.blocks import AetherConfig, AetherLLMProfile
+    from aether_prefect.budgets import LLMBudget
+    from aether_prefect.session import open_session
+
+    proc, base = start_llm_server()
+    try:
+        profile = AetherLLMProfile(base_url=base, api_key=SecretStr(FAKE_API_KEY), model="fake-chat", timeout_s=60)
+        flow_profile = profile.model_copy(update={"budget_per_flow_run": LLMBudget(calls=10**9)})
+        config = AetherConfig(llm={"default": profile, "flowbudget": flow_profile},
+                              kv_namespace=f"bench{os.getpid()}")
+        rows = []
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128)) as raw:
+            async with open_session(config=config) as ctx:
+                llm = ctx.llm()
+                await raw_batch(raw, base)  # warm up both sides
+                await ours_batch(llm)
+                raw_t, ours_t = [], []
+                for n in range(ROUNDS):  # interleaved, order alternated, so drift and load hit both equally
+                    if n % 2:
+                        ours_t.append(await ours_batch(llm))
+                        raw_t.append(await raw_batch(raw, base))
+                    else:
+                        raw_t.append(await raw_batch(raw, base))
+                        ours_t.append(await ours_batch(llm))
+                raw_tp = CONCURRENT / statistics.median(raw_t)
+                ours_tp = CONCURRENT / statistics.median(ours_t)
+                await asyncio.sleep(1)  # let the server drain before the sequential figures
+                rows.append(common.row(f"throughput, {CONCURRENT} concurrent chat calls", ours_tp, raw_tp, "req/s",
+                                       target=0.9, higher_is_better=True))
+
+                headers = {"Authorization": f"Bearer {FAKE_API_KEY}"}
+
+                async def raw_one(i: int) -> None:
+                    (await raw.post(f"{base}/chat/completions", json=_body(i), headers=headers)).json()
+
+                raw_ms, plain_ms = await paired_ms(raw_one, lambda i: llm.chat(f"question number {i}"))
+                rows.append(common.row("one chat call over loopback, sequential (median)", plain_ms, raw_ms, "ms"))
+            rows.extend(await client_overhead_rows(config))
+
+            async with open_session(config=config) as plain, \
+                    open_session(config=config, llm_budget=LLMBudget(calls=10**9)) as budgeted:
+                await plain.kv().get("warm-up")
+
+                def plain_call(i: int) -> Awaitable[Any]:
+                    return plain.llm().chat(f"question number {i}")
+
+                p1, task_ms = await paired_ms(plain_call, lambda i: budgeted.llm().chat(f"question number {i}"))
+                p2, flow_ms = await paired_ms(plain_call, lambda i: plain.llm("flowbudget").chat(f"q {i}"), n=40)
+        rows.append(common.row("chat with no budget (median)", p1, p1, "ms"))
+        rows.append(common.row("chat with a task-run budget (median)", task_ms, p1, "ms"))
+        rows.append(common.row("chat with a flow-run budget, KV incr (median)", flow_ms, p2, "ms"))
+        common.report("llm", rows)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    common.start_prefect_server()
+    asyncio.run(main())
