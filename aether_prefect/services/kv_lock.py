@@ -7,7 +7,8 @@ lock instance only (``DELETE /variables/{id}``), never a newer lock taken by
 someone else with the same name; and it needs no server-side lease service.
 
 - Acquire: create the lock variable ``{"owner", "exp", "lease_s", "pid", "host"}``.
-  409 = held: read it and back off (jittered, growing up to 250 ms).
+  409 = held: poll it with reads (jittered, growing up to 50 ms) and create again
+  once it is gone; reads keep the waiters off the server's write path.
 - Lease: the holder renews ``exp`` every ``lease_s / 3`` while it holds the lock,
   so a long critical section keeps it; a crashed holder stops renewing.
 - Breaking: a waiter deletes the lock by id when its ``exp`` has passed on the
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 from aether_prefect.errors import KVError
 
 _log = logging.getLogger("aether_prefect.kv")
+_MAX_POLL_S = 0.05  # a waiter re-reads the lock at most this far apart (reads are cheap; holds last ~10-50 ms)
 
 
 class LockAPI(Protocol):
@@ -76,16 +78,20 @@ class VariableLock:
         seen: tuple[str, Any] | None = None
         seen_at = 0.0
         attempt = 0
+        try_create = True
         while True:
-            self._owner = uuid.uuid4().hex
-            created = await self._api.create(self.name, self._value())
-            if created is not None:
-                self._id = str(created["id"])
-                self._renewer = asyncio.create_task(self._renew())
-                return
+            if try_create:
+                self._owner = uuid.uuid4().hex
+                created = await self._api.create(self.name, self._value())
+                if created is not None:
+                    self._id = str(created["id"])
+                    self._renewer = asyncio.create_task(self._renew())
+                    return
             held = await self._api.read(self.name)
             if held is None:
-                continue  # released between our create and read: try again at once
+                try_create = True  # released: try to take it at once
+                continue
+            try_create = False  # while held, poll with cheap reads, not failing creates (writes)
             value = held.get("value") if isinstance(held.get("value"), dict) else {}
             exp = value.get("exp")
             lease = value.get("lease_s") if isinstance(value.get("lease_s"), (int, float)) else self.lease_s
@@ -98,6 +104,7 @@ class VariableLock:
                 if await self._api.delete_id(sig[0]):
                     _log.warning("broke the expired KV lock on %r held by pid %s on %s",
                                  self.label, value.get("pid"), value.get("host"))
+                try_create = True
                 continue
             if now >= deadline:
                 raise KVError(
@@ -105,7 +112,7 @@ class VariableLock:
                     f"{value.get('pid')} on {value.get('host')} until its lease ends in "
                     f"{max(0.0, float(exp) - time.time()):.1f}s; retry later or raise lock_timeout_s"
                 )
-            delay = min(0.25, 0.01 * 1.5**attempt) * random.uniform(0.5, 1.5)
+            delay = min(_MAX_POLL_S, 0.004 * 1.3**attempt) * random.uniform(0.5, 1.5)
             attempt += 1
             await asyncio.sleep(min(delay, max(0.0, deadline - now) + 0.001))
 
