@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 
 OutputFormat = Literal["text", "json_object", "json_schema"]
 OUTPUT_FORMATS = ("text", "json_object", "json_schema")
+_log = logging.getLogger("aether_prefect.llm")
 DEFAULT_AZURE_API_VERSION = "2024-10-21"
 #: Texts per embeddings request.
 EMBED_BATCH = 128
@@ -566,13 +568,17 @@ class LLMService(BoundService):
 
         md = exchange_markdown(messages, reply, usage, model=model, profile=self.profile_name,
                                secrets=self._secret_list())
-        client = await prefect_client()
-        await client.create_artifact(ArtifactCreate(
-            type="markdown", data=md,
-            description=f"LLM exchange of {self.ctx.node_id} (profile {self.profile_name}, model {model})",
-            flow_run_id=UUID(self.ctx.flow_run_id),
-            task_run_id=UUID(self.ctx.task_run_id) if self.ctx.task_run_id else None,
-        ))
+        try:
+            client = await prefect_client()
+            await client.create_artifact(ArtifactCreate(
+                type="markdown", data=md,
+                description=f"LLM exchange of {self.ctx.node_id} (profile {self.profile_name}, model {model})",
+                flow_run_id=UUID(self.ctx.flow_run_id),
+                task_run_id=UUID(self.ctx.task_run_id) if self.ctx.task_run_id else None,
+            ))
+        except Exception as exc:  # noqa: BLE001 - a paid-for reply must not be lost to a logging failure
+            _log.warning("could not publish the LLM exchange log of %s: %s", self.ctx.node_id,
+                         llm_http.redact(str(exc), self._secret_list()))
 
 
 def _cut(text: str, limit: int = EXCHANGE_MAX_CHARS) -> str:
