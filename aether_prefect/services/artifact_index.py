@@ -3,15 +3,16 @@
 Every save writes one small immutable event object (never a read-modify-write of a
 shared object, so writers in many processes cannot overwrite each other):
 
-- ``artifacts/index/rec/<YYYYMMDDHH>/<time_us>-<uuid>.json``: an ``add`` (a full
+- ``artifacts/index/rec/<YYYYMMDDHH>/<MM>/<time_us>-<uuid>.json``: an ``add`` (a full
   Artifact record), a ``pin`` or a ``prefect`` (Prefect artifact id) event.
 - ``artifacts/index/snap/<YYYYMMDDHH>-<uuid>.json``: an immutable snapshot of every
   event in hour folders up to that hour, written by whichever process has loaded
   many events one by one, so a fresh process reads one object instead of thousands.
 
 A process loads the newest snapshot plus the events after it once, then on each
-query lists only the hour folders near "now" (a few LIST calls) for new events.
-Writers' clocks may be up to ``LOOKBACK_S`` apart.
+query lists only what is new: one LIST after the last seen key on stores that
+page by key (S3), else the minute folders near "now". Writers' clocks may be up
+to ``LOOKBACK_S`` apart.
 """
 
 from __future__ import annotations
@@ -73,10 +74,14 @@ def _hour(t: datetime) -> str:
     return t.strftime("%Y%m%d%H")
 
 
+def _minute_folder(t: datetime) -> str:
+    return f"{REC}/{_hour(t)}/{t.strftime('%M')}"
+
+
 def new_event_key(now: datetime | None = None) -> str:
     """A unique, time-ordered key for a new event."""
     now = now or datetime.now(timezone.utc)
-    return f"{REC}/{_hour(now)}/{int(now.timestamp() * 1e6):017d}-{uuid.uuid4().hex[:12]}.json"
+    return f"{_minute_folder(now)}/{int(now.timestamp() * 1e6):017d}-{uuid.uuid4().hex[:12]}.json"
 
 
 def _folder_of(key: str) -> str:
@@ -97,6 +102,11 @@ class ArtifactIndex:
         self._snap_hour = ""  # hour folders <= this are covered by the loaded snapshot
         self._loose: dict[str, dict[str, Any]] = {}  # raw events not in any snapshot
         self._last_refresh: datetime | None = None
+        self._version = 0
+        self._records_cache: list[tuple[str, Artifact]] | None = None
+        self._merged: dict[str, Artifact] = {}
+        self._records_version = -1
+        self._postings: dict[tuple[Any, ...], set[str]] = {}  # ("kind", k) / ("label", name, value) -> add keys
 
     # -- writes ---------------------------------------------------------------------
 
@@ -119,27 +129,53 @@ class ArtifactIndex:
                 self._full_load()
             else:
                 since = (self._last_refresh or now) - timedelta(seconds=LOOKBACK_S)
-                hour = since.replace(minute=0, second=0, microsecond=0)
-                end = now + timedelta(seconds=LOOKBACK_S)
-                keys: list[str] = []
-                while hour <= end:
-                    keys.extend(k for k in self._store.list_keys(f"{REC}/{_hour(hour)}/") if k not in self._seen)
-                    hour += timedelta(hours=1)
-                self._load_events(keys)
+                self._load_events(k for k in self._recent_keys(since, now) if k not in self._seen)
             self._last_refresh = now
             self._maybe_snapshot(now)
+
+    def _recent_keys(self, since: datetime, now: datetime) -> Iterable[str]:
+        if getattr(self._store, "lists_after_cheaply", False):  # S3: one LIST from a key on
+            return self._store.list_keys(f"{REC}/", start_after=f"{_minute_folder(since)}/")
+        keys: list[str] = []
+        minute = since.replace(second=0, microsecond=0)
+        end = now + timedelta(seconds=LOOKBACK_S)
+        while minute <= end:
+            keys.extend(self._store.list_keys(f"{_minute_folder(minute)}/"))
+            minute += timedelta(minutes=1)
+        return keys
 
     def records(self) -> list[tuple[str, Artifact]]:
         """Every add event (key, record), oldest first, with pins and Prefect ids applied."""
         with self._lock:
+            if self._records_cache is not None and self._records_version == self._version:
+                return self._records_cache
             out = []
-            for key, rec in self._adds.items():
+            for key in sorted(self._adds):
+                rec = self._adds[key]
                 pinned = rec.artifact_id in self._pinned
                 pid = self._prefect.get(key)
                 if pinned != rec.pinned or (pid and pid != rec.prefect_artifact_id):
                     rec = rec.model_copy(update={"pinned": pinned or rec.pinned, "prefect_artifact_id": pid or rec.prefect_artifact_id})
                 out.append((key, rec))
+            self._records_cache, self._merged, self._records_version = out, dict(out), self._version
             return out
+
+    def query(self, kind: str | None = None, labels: dict[str, Any] | None = None) -> list[Artifact]:
+        """Records of ``kind`` having every label (a list value: any of), newest first, through the postings."""
+        with self._lock:
+            everything = self.records()
+            sets: list[set[str]] = []
+            if kind is not None:
+                sets.append(self._postings.get(("kind", kind), set()))
+            for name, want in (labels or {}).items():
+                union: set[str] = set()
+                for value in want if isinstance(want, list) else [want]:
+                    union |= self._postings.get(("label", name, value), set())
+                sets.append(union)
+            if not sets:
+                return [rec for _, rec in reversed(everything)]
+            keys = set.intersection(*sorted(sets, key=len))
+            return [self._merged[k] for k in sorted(keys, reverse=True)]
 
     # -- internals ------------------------------------------------------------------
 
@@ -147,9 +183,17 @@ class ArtifactIndex:
         if key in self._seen:
             return
         self._seen.add(key)
+        self._version += 1
         op = raw.get("op")
         if op == "add" and raw.get("record"):
-            self._adds[key] = Artifact.model_validate(raw["record"])
+            rec = self._adds[key] = Artifact.model_validate(raw["record"])
+            self._postings.setdefault(("kind", rec.kind), set()).add(key)
+            for name, value in rec.labels.items():
+                for v in value if isinstance(value, list) else [value]:
+                    try:
+                        self._postings.setdefault(("label", name, v), set()).add(key)
+                    except TypeError:  # unhashable (foreign record): found by a full scan only
+                        pass
         elif op == "pin":
             self._pinned.add(raw["artifact_id"])
         elif op == "prefect" and raw.get("ref") and raw.get("prefect_artifact_id"):

@@ -44,12 +44,10 @@ def blob_key(sha: str) -> str:
 
 
 def _hash_file(path: Path) -> tuple[str, int]:
-    h, size = hashlib.sha256(), 0
+    """sha256 and size of a file, streamed (hashlib reads into one reused buffer, releasing the GIL)."""
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+        return digest, f.tell()
 
 
 # -- validation ----------------------------------------------------------------------
@@ -455,7 +453,7 @@ class ArtifactsService(BoundService):
         await anyio.to_thread.run_sync(index.refresh)
         seen: set[str] = set()
         hits: list[Artifact] = []
-        for _key, rec in reversed(index.records()):
+        for rec in await anyio.to_thread.run_sync(index.query, kind, want):
             if rec.artifact_id in seen:
                 continue
             if kind is not None and rec.kind != kind:

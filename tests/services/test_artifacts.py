@@ -361,3 +361,59 @@ async def test_s3_endpoint_down_mid_flow_then_back(s3_store_block: AetherObjectS
         hits = await ctx.artifacts().search(view="all")
         assert [h.artifact_id for h in hits] == [state["art"].artifact_id]
         assert await ctx.artifacts().load_text(hits[0].uri) == "survives"
+
+
+def _record(store: Any, i: int, at: Any) -> Any:
+    from aether_prefect.services.artifact_index import IndexEvent
+
+    sha = f"{i:064x}"
+    art = Artifact(artifact_id=sha, uri=store.uri(blob_key(sha)), sha256=sha, kind="k", bytes=1, created_at=at,
+                   labels={"i": i}, metrics={"m": float(i)}, run_id="r", graph_id="g", node_id="n")
+    return IndexEvent(op="add", artifact_id=sha, record=art, at=at)
+
+
+def test_warm_cache_sees_other_writers(config: AetherConfig) -> None:
+    """A long-lived index (one process) picks up events another process wrote after its first load."""
+    from datetime import datetime, timezone
+
+    from aether_prefect.services.artifact_index import ArtifactIndex
+
+    store = open_store(config.store)  # type: ignore[arg-type]
+    reader, other = ArtifactIndex(store), ArtifactIndex(store)
+    other.write(_record(store, 1, datetime.now(timezone.utc)))
+    reader.refresh()
+    assert [r.artifact_id for _, r in reader.records()] == [f"{1:064x}"]
+    other.write(_record(store, 2, datetime.now(timezone.utc)))
+    from aether_prefect.services.artifact_index import IndexEvent
+
+    other.write(IndexEvent(op="pin", artifact_id=f"{1:064x}", at=datetime.now(timezone.utc)))
+    reader.refresh()
+    recs = {r.artifact_id: r for _, r in reader.records()}
+    assert set(recs) == {f"{1:064x}", f"{2:064x}"} and recs[f"{1:064x}"].pinned and not recs[f"{2:064x}"].pinned
+
+
+def test_snapshot_compacts_settled_events(config: AetherConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many old events are folded into one immutable snapshot that fresh processes read instead."""
+    from datetime import datetime, timedelta, timezone
+
+    from aether_prefect.services import artifact_index
+    from aether_prefect.services.artifact_index import SNAP, ArtifactIndex
+
+    monkeypatch.setattr(artifact_index, "SNAPSHOT_AFTER", 20)
+    store = open_store(config.store)  # type: ignore[arg-type]
+    old = datetime.now(timezone.utc) - timedelta(hours=5)
+    writer = ArtifactIndex(store)
+    for i in range(25):
+        writer.write(_record(store, i, old + timedelta(seconds=i)))
+    writer.write(_record(store, 99, datetime.now(timezone.utc)))  # recent: stays a loose event
+    first = ArtifactIndex(store)
+    first.refresh()
+    assert len(first.records()) == 26
+    snaps = list(store.list_keys(f"{SNAP}/"))
+    assert len(snaps) == 1
+    for key in list(store.list_keys(f"{REC}/")):  # drop the old loose events: only the snapshot holds them now
+        if key < f"{REC}/{datetime.now(timezone.utc) - timedelta(hours=1):%Y%m%d%H}":
+            store.delete(key)
+    fresh = ArtifactIndex(store)
+    fresh.refresh()
+    assert sorted(int(r.artifact_id, 16) for _, r in fresh.records()) == [*range(25), 99]

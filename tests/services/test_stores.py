@@ -146,7 +146,7 @@ def test_one_store_per_block(tmp_store, s3_store_block) -> None:  # type: ignore
     assert isinstance(s3, S3Store) and s3 is open_store(s3_store_block)
 
 
-def test_s3_client_reused_per_thread(s3_store_block) -> None:  # type: ignore[no-untyped-def]
+def test_s3_one_client_per_process(s3_store_block) -> None:  # type: ignore[no-untyped-def]
     store = S3Store.from_block(s3_store_block)
     store.put_bytes("x", b"1")
     first = store._client()
@@ -156,7 +156,9 @@ def test_s3_client_reused_per_thread(s3_store_block) -> None:  # type: ignore[no
     t = threading.Thread(target=lambda: other.append(store._client()))
     t.start()
     t.join()
-    assert other[0] is not first
+    assert other[0] is first  # shared by threads (boto3 clients are thread-safe)
+    store.close()
+    assert store._client() is not first and store.get_bytes("x") == b"1"  # rebuilt lazily after close
 
 
 def test_s3_unreachable_is_a_store_error_without_secrets(s3_store_block) -> None:  # type: ignore[no-untyped-def]

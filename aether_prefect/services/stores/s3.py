@@ -1,6 +1,7 @@
 """S3Store: the object store as an S3-compatible bucket (AWS, MinIO, R2, moto) through boto3.
 
-One boto3 client per process and thread (never per call). Small objects go up in
+One boto3 client per process, shared by its threads (boto3 clients are thread-safe;
+building one costs 50-300 ms, so never per call nor per worker thread). Small objects go up in
 one PUT; files go through boto3's transfer manager (multipart above a threshold),
 streamed from disk. S3 PUTs are atomic: a reader sees the whole object or none.
 """
@@ -23,10 +24,10 @@ if TYPE_CHECKING:
 
 _MiB = 1024 * 1024
 #: Files at or above this size are uploaded in parts; smaller ones in a single PUT.
-MULTIPART_THRESHOLD = 16 * _MiB
-#: Part size of multipart uploads; with MAX_CONCURRENCY it bounds the memory of a transfer.
+MULTIPART_THRESHOLD = 8 * _MiB
+#: Part size of multipart uploads (files are read part by part from disk, never whole).
 MULTIPART_CHUNKSIZE = 8 * _MiB
-MAX_CONCURRENCY = 4
+MAX_CONCURRENCY = 10
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -34,6 +35,8 @@ class S3Store(ObjectStore):
     """Objects under ``s3://bucket/prefix/``; credentials from the block or boto3's default chain."""
 
     scheme = "s3"
+    #: ``list_keys(start_after=...)`` costs one request whatever lies before the key (the index relies on it).
+    lists_after_cheaply = True
 
     def __init__(
         self,
@@ -51,7 +54,9 @@ class S3Store(ObjectStore):
         self.region = region
         self._access_key_id = aws_access_key_id
         self._secret = aws_secret_access_key  # SecretStr (or None): revealed only when building a client
-        self._local = threading.local()
+        self._client_lock = threading.Lock()
+        self._client_obj: Any = None
+        self._client_pid: int | None = None
         self._conditional_put = True  # cleared if the endpoint rejects If-None-Match
 
     @classmethod
@@ -74,11 +79,19 @@ class S3Store(ObjectStore):
     # -- clients ------------------------------------------------------------------
 
     def _client(self) -> Any:
-        """This thread's boto3 client (boto3 sessions are not thread-safe; clients are reused per thread)."""
+        """This process's boto3 client, built once under a lock (a forked child builds its own)."""
         pid = os.getpid()
-        client = getattr(self._local, "client", None)
-        if client is not None and getattr(self._local, "pid", None) == pid:
+        client = self._client_obj  # fast path without the lock
+        if client is not None and self._client_pid == pid:
             return client
+        with self._client_lock:
+            if self._client_obj is not None and self._client_pid == pid:
+                return self._client_obj
+            client = self._build_client()
+            self._client_obj, self._client_pid = client, pid
+            return client
+
+    def _build_client(self) -> Any:
         import boto3
         from botocore.config import Config
 
@@ -94,10 +107,9 @@ class S3Store(ObjectStore):
                 retries={"max_attempts": 3, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=60,
-                max_pool_connections=MAX_CONCURRENCY * 2 + 2,
+                max_pool_connections=32,
             ),
         )
-        self._local.client, self._local.pid = client, pid
         return client
 
     def _transfer_config(self) -> Any:
@@ -111,8 +123,8 @@ class S3Store(ObjectStore):
         )
 
     def close(self) -> None:
-        client = getattr(self._local, "client", None)
-        self._local = threading.local()
+        with self._client_lock:
+            client, self._client_obj, self._client_pid = self._client_obj, None, None
         if client is not None:
             try:
                 client.close()
