@@ -22,10 +22,11 @@ tasks in any number of processes lose no update among themselves.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import math
+import os
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ import httpx
 import orjson
 
 from aether_prefect._prefect import prefect_client
-from aether_prefect._sync import async_cm
+from aether_prefect._sync import SyncView, async_cm, run_sync
 from aether_prefect.errors import IntegrityError, KVError
 from aether_prefect.services import kv_names as names
 from aether_prefect.services.base import BoundService
@@ -43,6 +44,8 @@ from aether_prefect.services.kv_lock import VariableLock
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext
+    from prefect.client.orchestration import SyncPrefectClient
+
     from aether_prefect.services.stores.base import ObjectStore
 
 MAX_VALUE_CHARS = 5000  # prefect.types.MAX_VARIABLE_VALUE_LENGTH: orjson length of a variable's value
@@ -257,6 +260,72 @@ class VariablesAPI:
         return await self._call("PATCH", f"/variables/{var_id}", json={"value": value}, ok_missing=404) is not None
 
 
+_sync_clients: dict[int, "SyncPrefectClient"] = {}
+_sync_lock = threading.Lock()
+
+
+def _sync_http() -> httpx.Client:
+    """The blocking HTTP client for the calling thread: the run's own inside a Prefect run, else one per process."""
+    from prefect.context import SyncClientContext
+
+    ctx = SyncClientContext.get()
+    if ctx is not None and ctx.client is not None:
+        return ctx.client._client
+    pid = os.getpid()
+    with _sync_lock:
+        client = _sync_clients.get(pid)
+        if client is None:
+            from prefect.client.orchestration import get_client
+
+            client = get_client(sync_client=True)
+            client.__enter__()
+            _sync_clients[pid] = client
+    return client._client
+
+
+def _sync_call(method: str, url: str) -> httpx.Response | None:
+    """Blocking request on the thread's client; None on 404, errors as in :class:`VariablesAPI`."""
+    try:
+        return _sync_http().request(method, url)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return None
+        raise KVError(f"Prefect API answered {exc.response.status_code} to {method} {url}: {exc.response.text[:300]}") from None
+    except httpx.TransportError as exc:
+        raise KVError(
+            f"cannot reach the Prefect API for {method} {url} ({type(exc).__name__}: {exc}); "
+            "check PREFECT_API_URL and that the server is running"
+        ) from None
+
+
+class _KVSyncView(SyncView["PrefectKV"]):
+    """``kv.sync``: blocking twins; ``get`` and ``delete`` run in the calling thread (no hop to the portal loop)."""
+
+    __slots__ = ()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Blocking :meth:`PrefectKV.get`: one GET on the thread's own client (the run's inside a run)."""
+        kv = self._target
+        name = kv._name(key)
+        resp = _sync_call("GET", f"/variables/name/{name}")
+        var = None if resp is None else resp.json()
+        env = _envelope(var)
+        if env is None or not _alive(env):
+            return default
+        if _blob_ref(env) is None:
+            return env.get("v")
+        alive, value, _ = run_sync(kv._load(key, name, var))
+        return value if alive else default
+
+    def delete(self, key: str) -> None:
+        """Blocking :meth:`PrefectKV.delete`: one DELETE on the thread's own client, then the blob check."""
+        kv = self._target
+        name = kv._name(key)
+        _sync_call("DELETE", f"/variables/name/{name}")
+        if list(kv._store_().list_keys(_blob_prefix(kv.namespace, name))):
+            run_sync(kv._collect_garbage(key, name))
+
+
 # ---------------------------------------------------------------------------
 # The service
 # ---------------------------------------------------------------------------
@@ -292,6 +361,11 @@ class PrefectKV(BoundService):
 
     def __repr__(self) -> str:
         return f"PrefectKV(namespace={self.namespace!r})"
+
+    @property
+    def sync(self) -> Any:
+        """Blocking twins of every method: ``kv.sync.get(k)``, ``kv.sync.incr(k)``..."""
+        return _KVSyncView(self)
 
     # -- helpers ------------------------------------------------------------
 
