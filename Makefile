@@ -25,3 +25,17 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .aether bench/results
+
+# The scale-out topology on this machine (PostgreSQL, Prefect server, moto S3, 2 process workers), data in .cluster/.
+cluster: $(STAMP)
+	$(PY) -m scale.cluster start
+
+cluster-stop: $(STAMP)
+	$(PY) -m scale.cluster stop
+
+cluster-clean: $(STAMP)
+	$(PY) -m scale.cluster clean
+
+# Starts the cluster if needed, runs the load + fault scenario, prints the figures; non-zero exit if a promise fails.
+scale-test: $(STAMP)
+	$(PY) -m scale.scenario
