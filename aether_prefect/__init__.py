@@ -17,13 +17,27 @@ from aether_prefect.errors import (
     KVError,
     LLMBudgetExceeded,
     LLMError,
+    LLMInvalidOutput,
     MCPError,
     RAGError,
+    ServerError,
     ServiceNotConfigured,
     StoreError,
     ValidationError,
 )
+from aether_prefect.server import ServerInfo, running_servers, start_server, stop_server
+from aether_prefect.services.artifact_index import Artifact
+from aether_prefect.services.artifacts import ArtifactsService
 from aether_prefect.services.base import Service, register_context_service, shutdown_services
+from aether_prefect.services.channel import ChannelService
+from aether_prefect.services.kv import PrefectKV
+from aether_prefect.services.llm import LLMService
+from aether_prefect.services.llm_usage import UsageRow, publish_flow_usage, read_flow_usage
+from aether_prefect.services.mcp import MCPClient, MCPResource, MCPTool
+from aether_prefect.services.memory import Event as MemoryEvent
+from aether_prefect.services.memory import MemoryService
+from aether_prefect.services.rag import CorpusStats, DocInfo, RAGService, RagHit, UpsertResult
+from aether_prefect.services.stores.base import ObjectStore
 from aether_prefect.session import build_adhoc_context, open_session, open_session_sync
 from aether_prefect.task import aether_flow, aether_task
 
@@ -36,23 +50,42 @@ __all__ = [
     "AetherMCPServer",
     "AetherMemoryError",
     "AetherObjectStore",
+    "Artifact",
     "ArtifactNotFound",
+    "ArtifactsService",
     "ChannelError",
+    "ChannelService",
     "ChannelTimeout",
     "ConfigError",
+    "CorpusStats",
+    "DocInfo",
     "IntegrityError",
     "KVError",
     "LLMBudget",
     "LLMBudgetExceeded",
     "LLMError",
+    "LLMInvalidOutput",
+    "LLMService",
+    "MCPClient",
     "MCPError",
+    "MCPResource",
+    "MCPTool",
+    "MemoryEvent",
+    "MemoryService",
     "NodeContext",
+    "ObjectStore",
+    "PrefectKV",
     "RAGError",
+    "RAGService",
+    "RagHit",
+    "ServerError",
+    "ServerInfo",
     "Service",
     "ServiceNotConfigured",
     "StoreError",
+    "UpsertResult",
+    "UsageRow",
     "ValidationError",
-    "__version__",
     "aether_flow",
     "aether_task",
     "build_adhoc_context",
@@ -60,6 +93,12 @@ __all__ = [
     "current_context",
     "open_session",
     "open_session_sync",
+    "publish_flow_usage",
+    "read_flow_usage",
     "register_context_service",
+    "running_servers",
     "shutdown_services",
+    "start_server",
+    "stop_server",
+    "__version__",
 ]

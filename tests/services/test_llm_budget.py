@@ -15,7 +15,7 @@ from pydantic import ValidationError as PydanticValidationError
 from aether_prefect import NodeContext, aether_flow, aether_task
 from aether_prefect.blocks import AetherConfig, AetherLLMProfile
 from aether_prefect.budgets import LLMBudget
-from aether_prefect.errors import LLMBudgetExceeded, LLMInvalidOutput, ValidationError
+from aether_prefect.errors import ConfigError, LLMBudgetExceeded, LLMInvalidOutput, ValidationError
 from aether_prefect.services.llm_usage import FLOW_MARK, TASK_MARK, flow_usage_key, publish_flow_usage
 from aether_prefect.session import open_session
 from tests.servers.openai_server import FakeOpenAI, Reply
@@ -107,7 +107,7 @@ def test_token_budget_counts_stream_and_embeddings(llm_server: FakeOpenAI, local
 
 def test_bad_budgets_are_typed_errors_at_configuration(llm_server: FakeOpenAI) -> None:
     for bad in ({"calls": 0}, {"total_tokens": -5}, {"cals": 3}):
-        with pytest.raises(PydanticValidationError):
+        with pytest.raises(ConfigError, match="invalid LLMBudget"):
             LLMBudget(**bad)
         with pytest.raises(PydanticValidationError):
             AetherLLMProfile(model="m", budget_per_flow_run=bad)
