@@ -103,6 +103,7 @@ class ArtifactIndex:
         self._loose: dict[str, dict[str, Any]] = {}  # raw events not in any snapshot
         self._last_refresh: datetime | None = None
         self._version = 0
+        self._snap_checked: datetime | None = None
         self._records_cache: list[tuple[str, Artifact]] | None = None
         self._merged: dict[str, Artifact] = {}
         self._records_version = -1
@@ -240,6 +241,9 @@ class ArtifactIndex:
 
     def _maybe_snapshot(self, now: datetime) -> None:
         """Write a snapshot covering settled hours once enough loose events piled up there."""
+        if len(self._loose) < SNAPSHOT_AFTER or (self._snap_checked and now - self._snap_checked < timedelta(minutes=1)):
+            return
+        self._snap_checked = now  # at most one scan a minute, so queries stay cheap
         settled = _hour(now - timedelta(seconds=2 * LOOKBACK_S) - timedelta(hours=1))
         loose = [k for k in self._loose if _folder_of(k) <= settled]
         if len(loose) < SNAPSHOT_AFTER:
