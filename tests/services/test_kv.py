@@ -339,3 +339,14 @@ def test_killed_lock_holder_is_broken_after_its_lease(local_config: AetherConfig
         assert kv.sync.incr("victim") == 1  # waits for the 2 s lease to run out, then breaks it
         assert time.monotonic() - t0 < 30
         assert raw_read(lock_name) is None
+
+
+def test_large_values_on_s3(s3_store_block: Any) -> None:
+    cfg = AetherConfig(store=s3_store_block, kv_namespace=f"t{uuid.uuid4().hex[:10]}")
+    big = ["é" * 1000] * 1000  # about 2 MB of JSON
+    with open_session_sync(config=cfg) as ctx:
+        kv: PrefectKV = ctx.kv()
+        kv.sync.set("s3 big", big)
+        assert kv.sync.get("s3 big") == big and kv.sync.mget(["s3 big"]) == [big] and len(blobs(kv)) == 1
+        kv.sync.set("s3 big", {"small": True})
+        assert kv.sync.get("s3 big") == {"small": True} and blobs(kv) == []
