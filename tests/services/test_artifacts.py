@@ -417,3 +417,64 @@ def test_snapshot_compacts_settled_events(config: AetherConfig, monkeypatch: pyt
     fresh = ArtifactIndex(store)
     fresh.refresh()
     assert sorted(int(r.artifact_id, 16) for _, r in fresh.records()) == [*range(25), 99]
+
+
+@pytest.mark.parametrize("cut", ["during-multipart-upload", "after-blob-before-index"])
+async def test_s3_stops_in_the_middle_of_a_save(
+    cut: str, s3_store_block: AetherObjectStore, moto_s3: Any, tmp_path: Path
+) -> None:
+    """The endpoint dies mid-save (hooked on boto3's own event system): typed error, no record, no Prefect artifact."""
+    import anyio
+
+    from aether_prefect.services.stores.s3 import MULTIPART_CHUNKSIZE
+
+    config = AetherConfig(store=s3_store_block)
+    src = tmp_path / "big.bin"
+    src.write_bytes(b"0123456789abcdef" * (5 * MULTIPART_CHUNKSIZE // 16))  # 5 parts
+    event = "after-call.s3.UploadPart" if cut.startswith("during") else "after-call.s3.PutObject"
+    state: dict[str, Any] = {}
+
+    def stop_once(**_: Any) -> None:
+        if not state.get("stopped"):
+            state["stopped"] = True
+            moto_s3.stop()
+
+    @aether_task(config=config)
+    async def save(*, context: NodeContext) -> None:
+        arts = context.artifacts()
+        state["flow_run_id"] = context.flow_run_id
+        client = context.store()._client()  # type: ignore[attr-defined]
+        client.meta.events.register(event, stop_once)
+        try:
+            with pytest.raises(StoreError) as info:
+                if cut.startswith("during"):
+                    await arts.save_file(src, kind="data")
+                else:
+                    await arts.save_text("cut after the blob", name="c.txt")
+            assert SECRET_KEY not in str(info.value)
+        finally:
+            client.meta.events.unregister(event, stop_once)
+        assert state["stopped"]
+        assert await _prefect_artifacts(context.flow_run_id) == []
+        from aether_prefect.services.artifact_index import index_for
+
+        assert index_for(context.store()).records() == []  # nothing applied locally either
+        await anyio.to_thread.run_sync(moto_s3.start)
+        await anyio.to_thread.run_sync(moto_s3.create_bucket, s3_store_block.bucket)
+        state["art"] = (await arts.save_file(src, kind="data")) if cut.startswith("during") else (
+            await arts.save_text("cut after the blob", name="c.txt"))
+
+    @flow
+    async def f() -> None:
+        await save()
+
+    try:
+        await f()
+    finally:
+        if moto_s3.proc is None:
+            moto_s3.start()
+    assert [str(a.id) for a in await _prefect_artifacts(state["flow_run_id"])] == [state["art"].prefect_artifact_id]
+    async with open_session(config=config) as ctx:
+        hits = await ctx.artifacts().search(view="all")
+        assert [h.artifact_id for h in hits] == [state["art"].artifact_id]
+        assert hashlib.sha256(await ctx.artifacts().load_bytes(hits[0].uri)).hexdigest() == hits[0].artifact_id
