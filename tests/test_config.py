@@ -81,7 +81,10 @@ def test_saved_default_then_embedded_defaults() -> None:
     assert cfg.kv_namespace == "aether" and cfg.store is None and cfg.llm == {}
 
 
-def test_loaded_once_then_cached() -> None:
+def test_loaded_once_then_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aether_prefect.config as config_module
+
+    monkeypatch.setattr(config_module, "REFRESH_S", 600.0)
     name = _name()
     AetherConfig(kv_namespace="first").save(name)
     assert asyncio.run(aresolve_config(name)).kv_namespace == "first"
