@@ -87,6 +87,17 @@ def test_list_order_prefix_and_start_after(store: ObjectStore) -> None:
     assert list(store.list_keys("nothing/")) == []
 
 
+def test_list_order_matches_full_keys_across_folders(store: ObjectStore) -> None:
+    """Folders and files interleave in plain key order ('-' < '/' < 'b'), lazily or not, with start_after."""
+    keys = ["a/b/c", "a-c", "ab", "a/a", "z", "m/n/o", "m/n-o", "m.x", "a/b-d"]
+    for k in keys:
+        store.put_bytes(k, b"x")
+    assert list(store.list_keys("")) == sorted(keys)
+    assert list(store.list_keys("a/b")) == ["a/b-d", "a/b/c"]
+    for after in [*sorted(keys), "a/", "m", "0"]:
+        assert list(store.list_keys("", start_after=after)) == [k for k in sorted(keys) if k > after]
+
+
 def test_put_file_streams_and_download(store: ObjectStore, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     size = MULTIPART_THRESHOLD + 3 * 1024 * 1024 + 17  # multipart on S3

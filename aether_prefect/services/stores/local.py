@@ -128,23 +128,34 @@ class LocalStore(ObjectStore):
         _unlink(str(self._path(key)))
 
     def list_keys(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
+        """Lazily, in ascending key order: each folder is read only when the walk reaches it.
+
+        Entries are ordered by ``name + "/"`` for folders and ``name`` for files, which is
+        exactly the order of the full keys, so a caller that stops early reads little.
+        """
         folder, _, stem = prefix.rpartition("/")
-        base = self.root / folder if folder else self.root
         if folder:
             check_key(folder)
-        if not base.is_dir():
-            return iter(())
-        keys: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            if Path(dirpath) == self.root:
-                dirnames[:] = [d for d in dirnames if d != ".tmp"]
-            rel_dir = Path(dirpath).relative_to(self.root).as_posix()
-            for name in filenames:
-                key = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if key.startswith(prefix) and (start_after is None or key > start_after):
-                    keys.append(key)
-        keys.sort()
-        return iter(keys)
+        base = self.root / folder if folder else self.root
+        return self._walk(base, f"{folder}/" if folder else "", stem, start_after)
+
+    def _walk(self, path: Path, key_prefix: str, stem: str, start_after: str | None) -> Iterator[str]:
+        try:
+            with os.scandir(path) as it:
+                entries = [(e.name + "/" if e.is_dir() else e.name, e) for e in it]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        entries.sort(key=lambda pair: pair[0])
+        for sort_name, entry in entries:
+            if not entry.name.startswith(stem) or (not key_prefix and entry.name == ".tmp"):
+                continue
+            key = key_prefix + sort_name
+            if sort_name.endswith("/"):
+                if start_after is not None and key < start_after and not start_after.startswith(key):
+                    continue  # every key under this folder sorts before start_after
+                yield from self._walk(Path(entry.path), key, "", start_after)
+            elif start_after is None or key > start_after:
+                yield key
 
 
 def _unlink(path: str) -> None:

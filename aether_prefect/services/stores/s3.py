@@ -277,8 +277,6 @@ class S3Store(ObjectStore):
         self._call("delete", key, self._client().delete_object, Bucket=self.bucket, Key=self._key(key))
 
     def list_keys(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         folder = prefix.rpartition("/")[0]
         if folder:
             check_key(folder)
@@ -286,13 +284,18 @@ class S3Store(ObjectStore):
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": base + prefix}
         if start_after:
             kwargs["StartAfter"] = base + start_after
-        keys: list[str] = []
+        return self._pages(kwargs, prefix)
+
+    def _pages(self, kwargs: dict[str, Any], prefix: str) -> Iterator[str]:
+        """Keys page by page (1000 per LIST): a caller that stops early sends no further request."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
         try:
             for page in self._client().get_paginator("list_objects_v2").paginate(**kwargs):
-                keys.extend(self._strip(obj["Key"]) for obj in page.get("Contents", ()))
+                for obj in page.get("Contents", ()):
+                    yield self._strip(obj["Key"])
         except (ClientError, BotoCoreError) as exc:
             raise self._error(exc, "list", prefix) from None
-        return iter(keys)
 
 
 def _safe(exc: BaseException) -> str:
