@@ -62,7 +62,7 @@ def check_index(store: ObjectStore, runs: Sequence[RunInfo]) -> list[Check]:
     ids = {r.id for r in runs}
     recs = [rec for _key, rec in index.records() if rec.run_id in ids and rec.kind == "shard"]
     bad = [p for p in (_blob_check(store, sha) for sha in {r.sha256 for r in recs}) if p]
-    dup = [k for k, n in Counter((r.artifact_id, r.run_id, r.node_id) for r in recs).items() if n > 1]
+    dup = [k for k, n in Counter((r.artifact_id, r.run_id, r.node_id, r.name) for r in recs).items() if n > 1]
     per_run = Counter(r.run_id for r in recs)
     missing = [f"{r.id[:8]}: {per_run.get(r.id, 0)}/{r.n_tasks}" for r in runs
                if r.state == "COMPLETED" and per_run.get(r.id, 0) < r.n_tasks]
@@ -70,7 +70,8 @@ def check_index(store: ObjectStore, runs: Sequence[RunInfo]) -> list[Check]:
         Check(name="index records have bytes (sha256 ok)", ok=not bad,
               detail=f"{len(recs)} records checked" + (f"; bad: {bad[:5]}" if bad else "")),
         Check(name="no duplicate index entries", ok=not dup,
-              detail=f"{len(dup)} duplicated (artifact, run, node)" if dup else "none"),
+              detail=(f"{len(dup)} (artifact, run, node) indexed twice, e.g. "
+                      + ", ".join(f"{node}@{run[:8]} ({sha[:8]})" for sha, run, node, _name in dup[:3])) if dup else "none"),
         Check(name="every shard of a completed run indexed", ok=not missing,
               detail="all" if not missing else f"short: {missing[:5]}"),
     ]

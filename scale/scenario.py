@@ -170,7 +170,7 @@ class Scenario:
             states = {str(r.id): (r.state.type.value if r.state else "PENDING") for r in runs}
             for r in runs:
                 rid = str(r.id)
-                if states[rid] == "RUNNING" and not _pid_alive(r.infrastructure_pid):
+                if states[rid] == "RUNNING" and _pid_gone(r.infrastructure_pid):
                     first = gone_since.setdefault(rid, time.monotonic())
                     if time.monotonic() - first > ZOMBIE_AFTER_S:
                         await self.mark_crashed(rid, f"flow-run process {r.infrastructure_pid} is gone (worker killed?)")
@@ -430,10 +430,19 @@ def _pid(infra: str | None) -> int | None:
 
 
 def _pid_alive(infra: str | None) -> bool:
+    """True if the flow run's recorded process exists on this machine."""
     import psutil
 
     pid = _pid(infra)
     return pid is not None and psutil.pid_exists(pid)
+
+
+def _pid_gone(infra: str | None) -> bool:
+    """True only if the flow run recorded a process and that process no longer exists."""
+    import psutil
+
+    pid = _pid(infra)
+    return pid is not None and not psutil.pid_exists(pid)
 
 
 def _count(states: dict[str, str]) -> dict[str, int]:
