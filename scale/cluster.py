@@ -237,9 +237,11 @@ def start_worker(state: ClusterState, name: str) -> Proc:
     return p
 
 
-def run_setup(state: ClusterState) -> None:
+def run_setup(state: ClusterState, *, first_run: bool = False) -> None:
     """Bucket, blocks, saved AetherConfig, work pool and deployments, in a child process on the cluster API."""
     cmd = [sys.executable, "-m", "scale.setup", "--state", str(state_file(Path(state.root)))]
+    if first_run:
+        cmd.append("--first-run")
     out = subprocess.run(cmd, env=client_env(state), cwd=REPO, capture_output=True, text=True, timeout=600)
     state.path("logs").mkdir(parents=True, exist_ok=True)
     state.path("logs", "setup.log").write_text(out.stdout + out.stderr)
@@ -248,11 +250,13 @@ def run_setup(state: ClusterState) -> None:
 
 
 def start(root: Path = DEFAULT_ROOT, *, api_port: int | None = None, s3_port: int | None = None,
-          workers: int = 2, worker_limit: int | None = 4, start_workers: bool = True) -> ClusterState:
+          workers: int = 2, worker_limit: int | None = 4, start_workers: bool = True,
+          first_run: bool = False) -> ClusterState:
     """Start whatever part of the cluster is not running (idempotent); return its state.
 
     Ports: None = the defaults (4300 API, 4310 S3) when free, 0 = any free port. They are
     chosen once, when the cluster is first created, and kept in ``pids.json``.
+    ``first_run``: on a new cluster, queue one scale-flow run so the UI has a run to show.
     """
     t0 = time.monotonic()
     root = root.resolve()
@@ -280,7 +284,7 @@ def start(root: Path = DEFAULT_ROOT, *, api_port: int | None = None, s3_port: in
     start_s3_proxy(state)
     save_state(state)
     start_server(state)
-    run_setup(state)
+    run_setup(state, first_run=fresh and first_run)
     if start_workers:
         for name in state.worker_names():
             start_worker(state, name)
@@ -348,6 +352,7 @@ def _banner(state: ClusterState) -> str:
         f"  API:         {state.api_url}\n"
         f"  S3:          {state.s3_url}  bucket {state.bucket!r} (forwarder to moto at {state.moto_url})\n"
         f"  Workers:     {', '.join(state.worker_names())} on pool {state.pool!r}, config block {state.config_name!r}\n"
+        f"  Runs:        {state.ui_url}/runs (a fresh cluster queues one scale-flow run: open it to see its artifacts)\n"
         f"  Use it:      PREFECT_API_URL={state.api_url} prefect deployment run 'scale-flow/scale' --param batch=demo\n"
         f"  Stop:        make cluster-stop   (keeps data)   |   make cluster-clean (deletes {state.root})"
     )
@@ -365,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.command == "start":
         state = start(args.root, api_port=args.api_port, s3_port=args.s3_port, workers=args.workers,
-                      worker_limit=args.worker_limit or None)
+                      worker_limit=args.worker_limit or None, first_run=True)
         print(_banner(state))
     elif args.command == "stop":
         print("stopped" if stop(args.root) else f"no cluster recorded under {args.root}")

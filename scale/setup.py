@@ -87,6 +87,16 @@ def deploy(state: ClusterState) -> list[str]:
     return done
 
 
+async def queue_first_run(state: ClusterState) -> str:
+    """Queue one run of scale-flow, so a fresh cluster's UI shows a run with its artifacts."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("scale-flow/scale")
+        run = await client.create_flow_run_from_deployment(dep.id, parameters={"batch": "first-run"}, tags=["first-run"])
+        return str(run.id)
+
+
 def _flow_names(path: Path) -> list[str]:
     """Names of the module-level flow objects in a script, read without running it."""
     import ast
@@ -105,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point: apply the whole setup."""
     ap = argparse.ArgumentParser(prog="python -m scale.setup")
     ap.add_argument("--state", type=Path, required=True)
+    ap.add_argument("--first-run", action="store_true", help="queue one scale-flow run (fresh clusters)")
     args = ap.parse_args(argv)
     state = ClusterState.model_validate_json(args.state.read_text())
     ensure_bucket(state)
@@ -112,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     asyncio.run(ensure_pool(state))
     for name in deploy(state):
         print(f"deployed {name}")
+    if args.first_run:
+        print(f"queued first run {asyncio.run(queue_first_run(state))}")
     return 0
 
 
