@@ -108,6 +108,8 @@ class ArtifactIndex:
         self._merged: dict[str, Artifact] = {}
         self._records_version = -1
         self._postings: dict[tuple[Any, ...], set[str]] = {}  # ("kind", k) / ("label", name, value) -> add keys
+        self._by_ident: dict[tuple[Any, ...], str] = {}  # identity of a save -> the earliest add key
+        self._alias: dict[str, str] = {}  # add key of a repeated save -> the add key kept for it
 
     # -- writes ---------------------------------------------------------------------
 
@@ -187,20 +189,57 @@ class ArtifactIndex:
         self._version += 1
         op = raw.get("op")
         if op == "add" and raw.get("record"):
-            rec = self._adds[key] = Artifact.model_validate(raw["record"])
-            self._postings.setdefault(("kind", rec.kind), set()).add(key)
-            for name, value in rec.labels.items():
-                for v in value if isinstance(value, list) else [value]:
-                    try:
-                        self._postings.setdefault(("label", name, v), set()).add(key)
-                    except TypeError:  # unhashable (foreign record): found by a full scan only
-                        pass
+            self._add(key, Artifact.model_validate(raw["record"]))
         elif op == "pin":
             self._pinned.add(raw["artifact_id"])
         elif op == "prefect" and raw.get("ref") and raw.get("prefect_artifact_id"):
-            self._prefect[raw["ref"]] = raw["prefect_artifact_id"]
+            self._prefect[self._alias.get(raw["ref"], raw["ref"])] = raw["prefect_artifact_id"]
         if _folder_of(key) > self._snap_hour:
             self._loose[key] = raw
+
+    @staticmethod
+    def _identity(rec: Artifact) -> tuple[Any, ...]:
+        """What makes two add events the same save: same bytes, scope, kind, name, labels and metrics."""
+        return (rec.artifact_id, rec.run_id, rec.graph_id, rec.node_id, rec.kind, rec.name,
+                json.dumps(rec.labels, sort_keys=True, default=str), json.dumps(rec.metrics, sort_keys=True))
+
+    def _add(self, key: str, rec: Artifact) -> None:
+        """Index an add event, folding a repeat of the same save (e.g. a retry after an ambiguous
+        store error whose first write did land) into the earliest one, so each save has one entry."""
+        ident = self._identity(rec)
+        kept = self._by_ident.get(ident)
+        if kept is not None and kept < key:
+            self._alias[key] = kept
+            if key in self._prefect and kept not in self._prefect:
+                self._prefect[kept] = self._prefect.pop(key)
+            return
+        if kept is not None:  # an earlier writer's event arrived late: it becomes the kept one
+            self._drop_add(kept)
+            self._alias[kept] = key
+            if kept in self._prefect and key not in self._prefect:
+                self._prefect[key] = self._prefect.pop(kept)
+        self._by_ident[ident] = key
+        self._adds[key] = rec
+        for posting in self._posting_keys(rec):
+            try:
+                self._postings.setdefault(posting, set()).add(key)
+            except TypeError:  # unhashable (foreign record): found by a full scan only
+                pass
+
+    def _drop_add(self, key: str) -> None:
+        rec = self._adds.pop(key)
+        for posting in self._posting_keys(rec):
+            try:
+                self._postings.get(posting, set()).discard(key)
+            except TypeError:
+                pass
+
+    @staticmethod
+    def _posting_keys(rec: Artifact) -> list[tuple[Any, ...]]:
+        keys: list[tuple[Any, ...]] = [("kind", rec.kind)]
+        for name, value in rec.labels.items():
+            keys += [("label", name, v) for v in (value if isinstance(value, list) else [value])]
+        return keys
 
     def _full_load(self) -> None:
         snaps = list(self._store.list_keys(f"{SNAP}/"))

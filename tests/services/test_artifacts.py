@@ -478,3 +478,44 @@ async def test_s3_stops_in_the_middle_of_a_save(
         hits = await ctx.artifacts().search(view="all")
         assert [h.artifact_id for h in hits] == [state["art"].artifact_id]
         assert hashlib.sha256(await ctx.artifacts().load_bytes(hits[0].uri)).hexdigest() == hits[0].artifact_id
+
+
+@pytest.mark.parametrize("landed_first", [True, False])
+def test_a_repeated_save_is_one_index_entry(tmp_path: Path, landed_first: bool) -> None:
+    """A retry after an ambiguous store error (the first add event did land) leaves one record per save,
+    whichever order a process sees the two events in, and the Prefect link follows the kept record."""
+    import json as _json
+    from datetime import datetime, timedelta, timezone
+
+    from aether_prefect.services.artifact_index import ArtifactIndex, IndexEvent, new_event_key
+
+    store = LocalStore(tmp_path, "p")
+    sha = hashlib.sha256(b"x").hexdigest()
+    now = datetime.now(timezone.utc)
+    rec = Artifact(artifact_id=sha, uri="file:///x", sha256=sha, kind="k", bytes=1, name="n",
+                   labels={"run_id": "r", "shard": 1}, created_at=now, run_id="r", graph_id="g", node_id="t-1")
+    k1, k2 = new_event_key(now), new_event_key(now + timedelta(seconds=5))
+    prefect_key = new_event_key(now + timedelta(seconds=6))
+
+    def put(key: str, event: IndexEvent) -> None:
+        store.put_bytes(key, _json.dumps(event.model_dump(mode="json", exclude_none=True)).encode())
+
+    put(k1, IndexEvent(op="add", artifact_id=sha, record=rec, at=now))
+    put(k2, IndexEvent(op="add", artifact_id=sha, record=rec, at=now))
+    put(prefect_key, IndexEvent(op="prefect", artifact_id=sha, ref=k2, prefect_artifact_id="pa-1", at=now))
+    other = rec.model_copy(update={"node_id": "t-2", "labels": {"run_id": "r", "shard": 2}})
+    put(new_event_key(now + timedelta(seconds=7)), IndexEvent(op="add", artifact_id=sha, record=other, at=now))
+
+    index = ArtifactIndex(store)
+    if landed_first:
+        index.refresh()
+    else:  # the retry's events are seen first, the landed first attempt later (another writer's view)
+        for key in (k2, prefect_key):
+            index._apply(key, _json.loads(store.get_bytes(key)))
+        index._loaded = True
+        index.refresh()  # now the landed first attempt (and the other node's save) arrive
+    records = [r for _, r in index.records()]
+    assert sorted(r.node_id for r in records) == ["t-1", "t-2"]
+    kept = [r for r in records if r.node_id == "t-1"][0]
+    assert kept.prefect_artifact_id == "pa-1"
+    assert [r.node_id for r in index.query(kind="k", labels={"shard": 1})] == ["t-1"]
