@@ -101,6 +101,25 @@ async def _load_saved(name: str, *, missing_ok: bool) -> AetherConfig | None:
     return loaded
 
 
+def cached_config(config: AetherConfig | str | None = None) -> AetherConfig | None:
+    """The config ``aresolve_config`` would return, if that needs no I/O right now (else None).
+
+    Lets sync task wrappers build a context on their own thread instead of hopping
+    to the portal loop for what is, once warm, a dictionary lookup.
+    """
+    if isinstance(config, AetherConfig):
+        return config
+    if config is not None and not isinstance(config, str):
+        return None
+    name = config or os.environ.get(ENV_CONFIG) or DEFAULT_BLOCK_NAME
+    hit = _cache.get(name)
+    if hit is None or hit[0] <= time.monotonic():
+        return None
+    if hit[1] is None:
+        return embedded_defaults() if name == DEFAULT_BLOCK_NAME and not config and not os.environ.get(ENV_CONFIG) else None
+    return hit[1]
+
+
 async def aresolve_config(config: AetherConfig | str | None = None) -> AetherConfig:
     """Resolve ``config=`` per the precedence above; at most one API call per refresh period."""
     if isinstance(config, AetherConfig):

@@ -322,6 +322,18 @@ class NodeContext:
             except Exception as exc:  # noqa: BLE001 - closing must reach every service
                 _log.warning("closing %s failed: %s", type(svc).__name__, exc)
 
+    def close_nowait(self) -> bool:
+        """Close at once if no service needs an async close (True); else leave it open (False).
+
+        Saves sync callers a hop to the portal loop when the task used no I/O service.
+        """
+        if any(hasattr(svc, "aclose") for svc in self._owned):
+            return False
+        self._closed = True
+        self._owned = []
+        self._services.clear()
+        return True
+
     def close(self) -> None:
         """Blocking twin of :meth:`aclose`."""
         from aether_prefect._sync import run_sync

@@ -13,6 +13,7 @@ from typing import Any
 
 from aether_prefect._overrides import RuntimeOverrides, parse_overrides
 from aether_prefect._prefect import current_run_ids
+from aether_prefect.blocks import AetherConfig
 from aether_prefect.config import aresolve_config
 from aether_prefect.context import NodeContext, _reset_current, _set_current
 
@@ -32,6 +33,15 @@ async def make_context(
 ) -> NodeContext:
     """Build a NodeContext for the current place (in a Prefect run or not). One config lookup at most."""
     config = await aresolve_config(overrides.config)
+    return context_for(config, run_id=run_id, graph_id=graph_id, node_id=node_id, overrides=overrides,
+                       use_run_names=use_run_names)
+
+
+def context_for(
+    config: AetherConfig, *, run_id: str | None, graph_id: str, node_id: str, overrides: RuntimeOverrides,
+    use_run_names: bool = False,
+) -> NodeContext:
+    """A NodeContext for the current place from an already resolved config (no I/O)."""
     ids = current_run_ids()
     if use_run_names:
         graph_id = ids.flow_name or graph_id

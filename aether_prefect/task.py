@@ -16,7 +16,8 @@ from typing import Any, TypeVar, overload
 from aether_prefect._overrides import KNOWN_OVERRIDES, RuntimeOverrides, parse_overrides
 from aether_prefect._sync import run_sync
 from aether_prefect.context import NodeContext, _reset_current, _set_current
-from aether_prefect.session import make_context
+from aether_prefect.config import cached_config
+from aether_prefect.session import context_for, make_context
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -85,14 +86,16 @@ def _wrap(fn: Callable[..., Any], overrides: RuntimeOverrides, kind: str) -> Cal
     node_default = "flow" if kind == "flow" else getattr(fn, "__name__", "task")
 
     async def _build() -> NodeContext:
-        ctx = await make_context(
-            run_id=None, graph_id="adhoc", node_id=node_default, overrides=overrides, use_run_names=(kind == "task")
+        return await make_context(
+            run_id=None, graph_id="adhoc", node_id=node_default, overrides=overrides, use_run_names=True
         )
-        if kind == "flow" and ctx.flow_run_id:
-            from aether_prefect._prefect import current_run_ids
 
-            ctx.graph_id = current_run_ids().flow_name or ctx.graph_id
-        return ctx
+    def _build_sync() -> NodeContext:
+        config = cached_config(overrides.config)
+        if config is None:  # first use in this process, or the refresh period ran out: load on the portal
+            return run_sync(_build())
+        return context_for(config, run_id=None, graph_id="adhoc", node_id=node_default, overrides=overrides,
+                           use_run_names=True)
 
     if inspect.iscoroutinefunction(fn):
 
@@ -111,14 +114,15 @@ def _wrap(fn: Callable[..., Any], overrides: RuntimeOverrides, kind: str) -> Cal
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
-            ctx = run_sync(_build())
+            ctx = _build_sync()
             token = _set_current(ctx)
             try:
                 call_args, call_kwargs = _call(sig, pname, public, ctx, args, kwargs)
                 return fn(*call_args, **call_kwargs)
             finally:
                 _reset_current(token)
-                run_sync(_finish(ctx, kind))
+                if not (kind == "task" and ctx.close_nowait()):
+                    run_sync(_finish(ctx, kind))
 
     wrapper.__signature__ = public  # type: ignore[attr-defined]
     # Prefect 3.9 derives task_key and cache hashes from this, so each task keeps its own identity.

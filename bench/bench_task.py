@@ -15,7 +15,7 @@ import sys
 import time
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-REPEATS = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+REPEATS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 
 
 def main() -> None:
