@@ -6,6 +6,12 @@ Runs without an LLM: the chat step is skipped with a note when none is configure
 
 from __future__ import annotations
 
+import os
+
+# The in-process Prefect server's first start on a fresh PREFECT_HOME runs migrations and can take
+# longer than Prefect's 20 s default; give it room (set before Prefect is imported).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 import asyncio
 import sys
 from pathlib import Path

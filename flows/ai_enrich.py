@@ -13,6 +13,12 @@ Without them the flow fails at once with a message naming what to configure.
 
 from __future__ import annotations
 
+import os
+
+# The in-process Prefect server's first start on a fresh PREFECT_HOME runs migrations and can take
+# longer than Prefect's 20 s default; give it room (set before Prefect is imported).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+
 import asyncio
 import sys
 from pathlib import Path
