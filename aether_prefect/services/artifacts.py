@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import mimetypes
 import os
 import tempfile
@@ -26,6 +25,7 @@ from aether_prefect._sync import async_cm
 from aether_prefect.errors import ArtifactNotFound, IntegrityError, ValidationError
 from aether_prefect.services.artifact_index import ROOT, Artifact, IndexEvent, index_for
 from aether_prefect.services.artifact_publish import publish
+from aether_prefect.services._checks import check_metrics
 from aether_prefect.services.base import BoundService
 from aether_prefect.services.stores.base import InvalidKey, ObjectNotFound, ObjectStore
 
@@ -92,18 +92,7 @@ def _check_labels(labels: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _check_metrics(metrics: dict[str, float] | None) -> dict[str, float]:
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, dict):
-        raise ValidationError(f"metrics must be a dict of str to number, got {type(metrics).__name__}")
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        if not isinstance(k, str) or not k:
-            raise ValidationError(f"metric names must be non-empty str, got {k!r}")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValidationError(f"metric {k!r} must be a finite number, got {v!r}")
-        out[k] = float(v)
-    return out
+    return check_metrics(metrics, ValidationError)
 
 
 def _check_view(view: str | None, scope: str | None, default: str) -> str:

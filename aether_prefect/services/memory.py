@@ -27,6 +27,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from aether_prefect._overrides import MEMORY_LEVELS
 from aether_prefect.errors import AetherMemoryError
+from aether_prefect.services._checks import check_metrics
 from aether_prefect.services.base import BoundService
 from aether_prefect.services.memory_log import LogWriter, newest_keys, read_many, timeline_prefix, ts_iso
 
@@ -117,16 +118,7 @@ def _check_tags(tags: Any) -> list[str]:
 
 
 def _check_metrics(metrics: Any) -> dict[str, float]:
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, dict):
-        raise _err(f"metrics must be a dict of str -> number, got {type(metrics).__name__}")
-    out: dict[str, float] = {}
-    for k, v in metrics.items():
-        if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise _err(f"metrics must map str to finite numbers; bad entry {k!r}: {v!r}")
-        out[k] = float(v)
-    return out
+    return check_metrics(metrics, AetherMemoryError)
 
 
 def _check_kinds(kinds: Any) -> list[str] | None:
