@@ -117,3 +117,32 @@ def test_deployment_run_from_api_and_cron(served, moto_s3) -> None:  # type: ign
     assert wm == 240
     assert [e.data["valid"] for e in events if e.run_id == flow_run_id] == [212]
     print(f"e2e deployment run took {time.monotonic() - started:.1f}s")
+
+
+def test_prefect_yaml_deploys_with_schedule_parameters_and_pull_step(tmp_path: Path) -> None:
+    """`prefect deploy --all --prefect-file deployments/prefect.yaml`, as the README says, against the server."""
+    from prefect.client.orchestration import get_client
+
+    pool = f"aether-process-{uuid.uuid4().hex[:6]}"
+    tag = uuid.uuid4().hex[:6]  # own deployment names, so the served ones of the other test are untouched
+    text = (ROOT / "deployments" / "prefect.yaml").read_text().replace("name: aether-process", f"name: {pool}")
+    text = text.replace("- name: nightly", f"- name: nightly-{tag}").replace("- name: on-demand", f"- name: on-demand-{tag}")
+    assert text.count(f"name: {pool}") == 2 and text.count(tag) == 2
+    (tmp_path / "prefect.yaml").write_text(text)
+    env = {**os.environ, "AETHER_PREFECT_REPO": str(ROOT)}
+    made = subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "process"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    out = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                          str(tmp_path / "prefect.yaml")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+
+    async def read():  # type: ignore[no-untyped-def]
+        async with get_client() as client:
+            return await client.read_deployment_by_name(f"data-prep/nightly-{tag}")
+
+    dep = asyncio.run(read())
+    assert dep.work_pool_name == pool and dep.parameters == {"chunk_size": 50}
+    assert [s.schedule.cron for s in dep.schedules] == ["0 2 * * *"]
+    assert dep.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}]
+    assert dep.entrypoint == "flows/data_prep.py:data_prep"
