@@ -99,6 +99,20 @@ def test_scripts_run_as_users_run_them(saved_config) -> None:  # type: ignore[no
     assert "$(PY) flows/data_prep.py" in (ROOT / "Makefile").read_text()  # `make demo` runs this script
 
 
+def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
+    """`make demo` on a fresh machine: no PREFECT_API_URL (Prefect's in-process server), a fresh PREFECT_HOME,
+    no saved config (local store under $PREFECT_HOME/aether); a second run finds the watermark."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "AETHER_PREFECT_CONFIG")}
+    env["PREFECT_HOME"] = str(tmp_path / "home")
+    first = _run_script("flows/data_prep.py", env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "watermark 0 -> 240" in first.stdout + first.stderr
+    second = _run_script("flows/data_prep.py", env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "nothing new since watermark 240" in second.stdout + second.stderr
+    assert list((tmp_path / "home" / "aether" / "artifacts" / "blobs").rglob("*"))
+
+
 def test_ai_enrich_fails_clearly_without_llm_and_mcp(saved_config) -> None:  # type: ignore[no-untyped-def]
     from flows.ai_enrich import ai_enrich
 
