@@ -397,20 +397,12 @@ class MCPClient(BoundService):
         """The server's tools as ``[{"name", "description", "input_schema", "output_schema"}]`` (``t.name`` works too)."""
 
         async def op(session: "ClientSession") -> list[MCPTool]:
-            from mcp_types import PaginatedRequestParams
-
-            tools: list[MCPTool] = []
-            cursor: str | None = None
-            while True:
-                page = await session.list_tools(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
-                tools.extend(
-                    MCPTool(name=t.name, description=t.description or "", input_schema=t.input_schema,
-                            output_schema=t.output_schema)
-                    for t in page.tools
-                )
-                cursor = page.next_cursor
-                if not cursor:
-                    return tools
+            return [
+                MCPTool(name=t.name, description=t.description or "", input_schema=t.input_schema,
+                        output_schema=t.output_schema)
+                for page in await _all_pages(session.list_tools)
+                for t in page.tools
+            ]
 
         tools = await self._request("listing tools", op)
         self._tool_names = {t["name"] for t in tools}
@@ -454,19 +446,11 @@ class MCPClient(BoundService):
         """The server's resources as ``[{"uri", "name", "description", "mime_type"}]`` (attribute access works too)."""
 
         async def op(session: "ClientSession") -> list[MCPResource]:
-            from mcp_types import PaginatedRequestParams
-
-            out: list[MCPResource] = []
-            cursor: str | None = None
-            while True:
-                page = await session.list_resources(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
-                out.extend(
-                    MCPResource(uri=str(r.uri), name=r.name, description=r.description or "", mime_type=r.mime_type)
-                    for r in page.resources
-                )
-                cursor = page.next_cursor
-                if not cursor:
-                    return out
+            return [
+                MCPResource(uri=str(r.uri), name=r.name, description=r.description or "", mime_type=r.mime_type)
+                for page in await _all_pages(session.list_resources)
+                for r in page.resources
+            ]
 
         return await self._request("listing resources", op)
 
@@ -476,6 +460,20 @@ class MCPClient(BoundService):
             raise ValidationError(f"uri must be a non-empty str such as 'file:///...' or 'demo://x', got {uri!r}")
         result = await self._request(f"reading resource {uri!r}", lambda s: s.read_resource(uri))
         return {"uri": uri, "contents": [_jsonable(c) for c in result.contents]}
+
+
+async def _all_pages(list_page: Callable[..., Awaitable[Any]]) -> list[Any]:
+    """Every page of a paginated MCP list request, following ``next_cursor``."""
+    from mcp_types import PaginatedRequestParams
+
+    pages: list[Any] = []
+    cursor: str | None = None
+    while True:
+        page = await list_page(params=PaginatedRequestParams(cursor=cursor) if cursor else None)
+        pages.append(page)
+        cursor = page.next_cursor
+        if not cursor:
+            return pages
 
 
 def create(ctx: "NodeContext", name: str, server: AetherMCPServer) -> MCPClient:
