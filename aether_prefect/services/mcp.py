@@ -191,11 +191,7 @@ class _Connection:
         """Ask the owner task to exit, without waiting (safe from any thread or loop)."""
         if self.loop.is_closed():
             return  # the loop's shutdown already cancelled (and so exited) the owner task
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
+        if _running_loop() is self.loop:
             self._closing.set()
         else:
             with contextlib.suppress(RuntimeError):  # loop closed meanwhile
@@ -209,11 +205,7 @@ class _Connection:
         """Ask the owner task to exit and wait (bounded) until it has, from its own loop or another one."""
         if self.loop.is_closed() or self.task.done():
             return
-        try:
-            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self.loop:
+        if _running_loop() is self.loop:
             self._closing.set()
             await asyncio.wait({self.task}, timeout=_CLOSE_WAIT_S)
             return
@@ -460,6 +452,14 @@ class MCPClient(BoundService):
             raise ValidationError(f"uri must be a non-empty str such as 'file:///...' or 'demo://x', got {uri!r}")
         result = await self._request(f"reading resource {uri!r}", lambda s: s.read_resource(uri))
         return {"uri": uri, "contents": [_jsonable(c) for c in result.contents]}
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The event loop running in this thread, or None."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 async def _all_pages(list_page: Callable[..., Awaitable[Any]]) -> list[Any]:
