@@ -26,13 +26,13 @@ from aether_prefect.errors import (
     ValidationError,
 )
 from aether_prefect.server import ServerInfo, running_servers, start_server, stop_server
-from aether_prefect.services.artifact_index import Artifact
+from aether_prefect.services.artifacts._index import Artifact
 from aether_prefect.services.artifacts import ArtifactsService
 from aether_prefect.services.base import Service, register_context_service, shutdown_services
 from aether_prefect.services.channel import ChannelService
 from aether_prefect.services.kv import PrefectKV
 from aether_prefect.services.llm import LLMService
-from aether_prefect.services.llm_usage import UsageRow, publish_flow_usage, read_flow_usage
+from aether_prefect.services.llm._usage import UsageRow, publish_flow_usage, read_flow_usage
 from aether_prefect.services.mcp import MCPClient, MCPResource, MCPTool
 from aether_prefect.services.memory import Event as MemoryEvent
 from aether_prefect.services.memory import MemoryService

@@ -61,11 +61,11 @@ class _RagAccessor:
         return ctx._service("rag", lambda: _create("rag", ctx), injected=ctx.overrides.rag)
 
 
-def _create(module: str, ctx: "NodeContext", *args: Any) -> Any:
-    import importlib
+def _create(service: str, ctx: "NodeContext", *args: Any) -> Any:
+    """Build a service through the explicit factory table (see ``services/__init__.py``)."""
+    from aether_prefect.services import FACTORIES
 
-    mod = importlib.import_module(f"aether_prefect.services.{module}")
-    return mod.create(ctx, *args)
+    return FACTORIES[service](ctx, *args)
 
 
 class NodeContext:

@@ -135,7 +135,7 @@ async def _finish(ctx: NodeContext, kind: str) -> None:
     await ctx.aclose()
     if kind == "flow" and ctx.flow_run_id:
         try:
-            from aether_prefect.services.llm_usage import publish_flow_usage
+            from aether_prefect.services.llm._usage import publish_flow_usage
         except ImportError:  # usage roll-up not installed in this build
             return
         await publish_flow_usage(ctx.flow_run_id, flow_name=ctx.graph_id, quiet=True)

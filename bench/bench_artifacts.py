@@ -173,7 +173,7 @@ def bench_search(rows: list[dict[str, Any]]) -> None:
 
     from aether_prefect import open_session_sync
     from aether_prefect.blocks import AetherConfig, AetherObjectStore
-    from aether_prefect.services.artifact_index import Artifact, ArtifactIndex, IndexEvent, index_for
+    from aether_prefect.services.artifacts._index import Artifact, ArtifactIndex, IndexEvent, index_for
 
     root = tempfile.mkdtemp(prefix="bench-search-")
     cfg = AetherConfig(store=AetherObjectStore(backend="local", root=root))

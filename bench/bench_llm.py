@@ -88,7 +88,7 @@ async def paired_ms(raw_call: Call, our_call: Call, n: int = SEQUENTIAL) -> tupl
 
 async def client_overhead_rows(config: Any) -> list[dict[str, Any]]:
     """Client-side cost only: the same chat through an in-process httpx.MockTransport, ours vs raw httpx."""
-    from aether_prefect.services import llm_http
+    from aether_prefect.services.llm import _http as llm_http
     from aether_prefect.session import open_session
 
     reply = (b'{"choices": [{"message": {"role": "assistant", "content": "echo"}}], '

@@ -60,7 +60,7 @@ async def _recent_median(mem: Any, store: Any, n: int) -> tuple[float, float]:
     """(recent(50) median s, raw 50 known-key reads median s)."""
     import anyio
 
-    from aether_prefect.services.memory_log import newest_keys
+    from aether_prefect.services.memory._log import newest_keys
 
     keys = [k for _, k in zip(range(50), newest_keys(store, mem.prefix))]
 

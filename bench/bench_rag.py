@@ -96,7 +96,7 @@ def median_over(fn: Any, qs: list[str]) -> float:
 async def run_size(n_chunks: int, rows: list[dict[str, Any]], root: str) -> None:
     from aether_prefect import open_session
     from aether_prefect.blocks import AetherConfig, AetherObjectStore
-    from aether_prefect.services import rag_index as ri
+    from aether_prefect.services.rag import _index as ri
     from aether_prefect.services.rag import _load_index
 
     cfg = AetherConfig(store=AetherObjectStore(backend="local", root=root))

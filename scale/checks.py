@@ -18,7 +18,7 @@ import anyio
 from pydantic import BaseModel
 
 from aether_prefect import NodeContext
-from aether_prefect.services.artifact_index import index_for
+from aether_prefect.services.artifacts._index import index_for
 from aether_prefect.services.artifacts import blob_key
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 from scale.flows import SUMMARY_KIND, counter_key, watermark_key

@@ -23,8 +23,8 @@ import anyio
 
 from aether_prefect._sync import async_cm
 from aether_prefect.errors import ArtifactNotFound, IntegrityError, ValidationError
-from aether_prefect.services.artifact_index import ROOT, Artifact, IndexEvent, index_for
-from aether_prefect.services.artifact_publish import publish
+from aether_prefect.services.artifacts._index import ROOT, Artifact, IndexEvent, index_for
+from aether_prefect.services.artifacts._publish import publish
 from aether_prefect.services._checks import check_metrics
 from aether_prefect.services.base import BoundService
 from aether_prefect.services.stores.base import InvalidKey, ObjectNotFound, ObjectStore

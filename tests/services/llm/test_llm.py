@@ -15,8 +15,8 @@ from pydantic import SecretStr
 from aether_prefect import NodeContext, aether_task
 from aether_prefect.blocks import AetherConfig
 from aether_prefect.errors import LLMError, LLMInvalidOutput, ServiceNotConfigured, ValidationError
-from aether_prefect.services import llm_http
-from aether_prefect.services.llm_usage import TASK_MARK
+from aether_prefect.services.llm import _http as llm_http
+from aether_prefect.services.llm._usage import TASK_MARK
 from aether_prefect.session import open_session
 from tests.servers.openai_server import FakeOpenAI, Reply, embed_text
 

@@ -6,7 +6,7 @@ import json
 import re
 from typing import Any
 
-from aether_prefect.services.artifact_index import Artifact
+from aether_prefect.services.artifacts._index import Artifact
 
 #: Text up to this size is shown inline as markdown; larger content becomes a link.
 MAX_INLINE_TEXT = 64 * 1024

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from aether_prefect.budgets import LLMBudget
 from aether_prefect.errors import LLMBudgetExceeded
-from aether_prefect.services.llm_usage import Usage
+from aether_prefect.services.llm._usage import Usage
 
 if TYPE_CHECKING:
     from aether_prefect.blocks import AetherLLMProfile

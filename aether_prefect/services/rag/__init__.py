@@ -2,7 +2,7 @@
 
 Search is BM25 always, dense cosine when the default LLM profile has an ``embed_model``
 (vectors from ``context.llm().embed``), and ``hybrid`` = reciprocal rank fusion of both.
-Corpus data layout and caching live in :mod:`aether_prefect.services.rag_index`.
+Corpus data layout and caching live in :mod:`aether_prefect.services.rag._index`.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from pydantic import ValidationError as PydanticValidationError
 
 from aether_prefect.blocks import AetherLLMProfile
 from aether_prefect.errors import RAGError, ServiceNotConfigured
-from aether_prefect.services import rag_index as ri
+from aether_prefect.services.rag import _index as ri
 from aether_prefect.services.base import BoundService
-from aether_prefect.services.rag_chunk import chunk_text, read_text_file, title_of
+from aether_prefect.services.rag._chunk import chunk_text, read_text_file, title_of
 from aether_prefect.services.stores.base import ObjectNotFound
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ a blocking twin under ``.sync`` (``context.kv().sync.get("k")``).
 
 Storage, per key (namespace ``ctx.kv_namespace``, default ``aether``):
 
-- the Prefect Variable ``<namespace>_k_<encoded key>`` (see ``kv_names``) holds an
+- the Prefect Variable ``<namespace>_k_<encoded key>`` (see ``_names.py``) holds an
   envelope ``{"_aekv": 1, "k": key, "v": value, "x": expiry epoch or null}``;
 - when that envelope's JSON is over Prefect's 5000-character limit, the JSON
   ``{"k", "v"}`` goes to the object store at ``kv/<namespace>/<variable name>/<sha256>.json``
@@ -16,7 +16,7 @@ Storage, per key (namespace ``ctx.kv_namespace``, default ``aether``):
 Consistency: ``set``/``delete`` are single writes, last writer wins (``set`` is one
 PATCH, plus a create the first time). ``incr``, ``expire``, ``list_append_unique``,
 ``list_pop_all``, ``mset`` and writes of large values are read-modify-writes done
-under a per-key lease lock built on Prefect Variables (``kv_lock``), so concurrent
+under a per-key lease lock built on Prefect Variables (``_lock.py``), so concurrent
 tasks in any number of processes lose no update among themselves.
 """
 
@@ -38,9 +38,9 @@ import orjson
 from aether_prefect._prefect import prefect_client
 from aether_prefect._sync import SyncView, async_cm, run_sync
 from aether_prefect.errors import IntegrityError, KVError
-from aether_prefect.services import kv_names as names
+from aether_prefect.services.kv import _names as names
 from aether_prefect.services.base import BoundService
-from aether_prefect.services.kv_lock import VariableLock
+from aether_prefect.services.kv._lock import VariableLock
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext

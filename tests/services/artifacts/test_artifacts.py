@@ -18,7 +18,7 @@ from prefect import flow
 from aether_prefect import NodeContext, aether_task, open_session
 from aether_prefect.blocks import AetherConfig, AetherObjectStore
 from aether_prefect.errors import ArtifactNotFound, IntegrityError, StoreError, ValidationError
-from aether_prefect.services.artifact_index import REC
+from aether_prefect.services.artifacts._index import REC
 from aether_prefect.services.artifacts import Artifact, blob_key
 from aether_prefect.services.stores import open_store
 from aether_prefect.services.stores.local import LocalStore
@@ -216,7 +216,7 @@ def test_index_survives_the_process(config: AetherConfig) -> None:
         data["store"]["aws_secret_access_key"] = SECRET_KEY
     out = subprocess.run(
         [sys.executable, "-c", script], input=json.dumps(data), capture_output=True, text=True, timeout=180,
-        cwd=str(Path(__file__).resolve().parents[2]),
+        cwd=str(Path(__file__).resolve().parents[3]),
     )
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
@@ -364,7 +364,7 @@ async def test_s3_endpoint_down_mid_flow_then_back(s3_store_block: AetherObjectS
 
 
 def _record(store: Any, i: int, at: Any) -> Any:
-    from aether_prefect.services.artifact_index import IndexEvent
+    from aether_prefect.services.artifacts._index import IndexEvent
 
     sha = f"{i:064x}"
     art = Artifact(artifact_id=sha, uri=store.uri(blob_key(sha)), sha256=sha, kind="k", bytes=1, created_at=at,
@@ -376,7 +376,7 @@ def test_warm_cache_sees_other_writers(config: AetherConfig) -> None:
     """A long-lived index (one process) picks up events another process wrote after its first load."""
     from datetime import datetime, timezone
 
-    from aether_prefect.services.artifact_index import ArtifactIndex
+    from aether_prefect.services.artifacts._index import ArtifactIndex
 
     store = open_store(config.store)  # type: ignore[arg-type]
     reader, other = ArtifactIndex(store), ArtifactIndex(store)
@@ -384,7 +384,7 @@ def test_warm_cache_sees_other_writers(config: AetherConfig) -> None:
     reader.refresh()
     assert [r.artifact_id for _, r in reader.records()] == [f"{1:064x}"]
     other.write(_record(store, 2, datetime.now(timezone.utc)))
-    from aether_prefect.services.artifact_index import IndexEvent
+    from aether_prefect.services.artifacts._index import IndexEvent
 
     other.write(IndexEvent(op="pin", artifact_id=f"{1:064x}", at=datetime.now(timezone.utc)))
     reader.refresh()
@@ -396,8 +396,8 @@ def test_snapshot_compacts_settled_events(config: AetherConfig, monkeypatch: pyt
     """Many old events are folded into one immutable snapshot that fresh processes read instead."""
     from datetime import datetime, timedelta, timezone
 
-    from aether_prefect.services import artifact_index
-    from aether_prefect.services.artifact_index import SNAP, ArtifactIndex
+    from aether_prefect.services.artifacts import _index as artifact_index
+    from aether_prefect.services.artifacts._index import SNAP, ArtifactIndex
 
     monkeypatch.setattr(artifact_index, "SNAPSHOT_AFTER", 20)
     store = open_store(config.store)  # type: ignore[arg-type]
@@ -456,7 +456,7 @@ async def test_s3_stops_in_the_middle_of_a_save(
             client.meta.events.unregister(event, stop_once)
         assert state["stopped"]
         assert await _prefect_artifacts(context.flow_run_id) == []
-        from aether_prefect.services.artifact_index import index_for
+        from aether_prefect.services.artifacts._index import index_for
 
         assert index_for(context.store()).records() == []  # nothing applied locally either
         await anyio.to_thread.run_sync(moto_s3.start)
@@ -487,7 +487,7 @@ def test_a_repeated_save_is_one_index_entry(tmp_path: Path, landed_first: bool) 
     import json as _json
     from datetime import datetime, timedelta, timezone
 
-    from aether_prefect.services.artifact_index import ArtifactIndex, IndexEvent, new_event_key
+    from aether_prefect.services.artifacts._index import ArtifactIndex, IndexEvent, new_event_key
 
     store = LocalStore(tmp_path, "p")
     sha = hashlib.sha256(b"x").hexdigest()

@@ -23,7 +23,7 @@ from aether_prefect.errors import AetherMemoryError, ValidationError
 from aether_prefect.services.memory import Event, MemoryService
 from aether_prefect.services.stores.local import LocalStore
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.anyio
 
 

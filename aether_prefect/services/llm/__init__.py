@@ -2,8 +2,8 @@
 
 Providers: any OpenAI-compatible base URL (OpenAI, vLLM, LM Studio, OpenRouter, Ollama's /v1) and Azure
 OpenAI (``provider="azure"``: deployment path, ``api-version``, ``api-key`` header). Every call is checked
-against the budgets (``llm_budget``), counted in the task run's usage table (``llm_usage``) and sent through
-one pooled httpx client per process and event loop with retries (``llm_http``). Sync tasks use
+against the budgets (``_budget.py``), counted in the task run's usage table (``_usage.py``) and sent through
+one pooled httpx client per process and event loop with retries (``_http.py``). Sync tasks use
 ``context.llm().sync.chat(...)``.
 """
 
@@ -24,10 +24,10 @@ from pydantic import SecretStr
 from aether_prefect._sync import maybe_await
 from aether_prefect.blocks import AetherLLMProfile
 from aether_prefect.errors import ConfigError, LLMError, LLMInvalidOutput, ValidationError
-from aether_prefect.services import llm_http
+from aether_prefect.services.llm import _http as llm_http
 from aether_prefect.services.base import BoundService
-from aether_prefect.services.llm_budget import BudgetGuard, Reservation
-from aether_prefect.services.llm_usage import Usage, UsageRow, tracker
+from aether_prefect.services.llm._budget import BudgetGuard, Reservation
+from aether_prefect.services.llm._usage import Usage, UsageRow, tracker
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext

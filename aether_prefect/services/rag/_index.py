@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from aether_prefect.errors import RAGError
-from aether_prefect.services.rag_chunk import term_counts, tokenize
+from aether_prefect.services.rag._chunk import term_counts, tokenize
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 
 BM25_K1 = 1.2

@@ -16,7 +16,7 @@ from aether_prefect import NodeContext, aether_flow, aether_task
 from aether_prefect.blocks import AetherConfig, AetherLLMProfile
 from aether_prefect.budgets import LLMBudget
 from aether_prefect.errors import ConfigError, LLMBudgetExceeded, LLMInvalidOutput, ValidationError
-from aether_prefect.services.llm_usage import FLOW_MARK, TASK_MARK, flow_usage_key, publish_flow_usage
+from aether_prefect.services.llm._usage import FLOW_MARK, TASK_MARK, flow_usage_key, publish_flow_usage
 from aether_prefect.session import open_session
 from tests.servers.openai_server import FakeOpenAI, Reply
 

@@ -17,8 +17,8 @@ from aether_prefect.errors import RAGError, ServiceNotConfigured
 from aether_prefect.services import rag as rag_mod
 from aether_prefect.session import open_session_sync
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "rag"
-ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[2] / "data" / "rag"
+ROOT = Path(__file__).resolve().parents[3]
 
 CATEGORY = {
     "photosynthesis": "biology", "honeybees": "biology", "vaccines": "biology", "coral_reefs": "biology",
@@ -177,7 +177,7 @@ def test_chunking_size_and_overlap(ctx: Any) -> None:
 
 
 def test_chunker_respects_size_overlap_and_covers_text() -> None:
-    from aether_prefect.services.rag_chunk import chunk_text, term_counts, tokenize
+    from aether_prefect.services.rag._chunk import chunk_text, term_counts, tokenize
 
     text = "\n\n".join(" ".join(f"p{p}w{i}" for i in range(30)) + "." for p in range(6))
     chunks = chunk_text(text, 200, 40)
@@ -386,7 +386,7 @@ def test_inside_prefect_flow_sync_and_async_tasks(local_config: AetherConfig) ->
 def test_replacing_never_deletes_a_newer_concurrent_revision(ctx: Any) -> None:
     import time
 
-    from aether_prefect.services import rag_index as ri
+    from aether_prefect.services.rag import _index as ri
 
     rag = ctx.rag.sync
     doc = {"text": "Tardigrades survive in space.", "title": "Tardigrade"}

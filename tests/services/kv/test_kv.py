@@ -24,11 +24,11 @@ from aether_prefect._prefect import prefect_client
 from aether_prefect._sync import run_sync
 from aether_prefect.blocks import AetherConfig
 from aether_prefect.errors import KVError
-from aether_prefect.services import kv_names
+from aether_prefect.services.kv import _names as kv_names
 from aether_prefect.services.kv import PrefectKV, VariablesAPI
 from aether_prefect.session import open_session_sync
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture()

@@ -1,7 +1,7 @@
 """Memory: a durable event log per run, session or graph, mirrored as Prefect events.
 
 Each ``record`` writes one immutable JSON object to the object store (layout in
-``memory_log.py``) and emits a Prefect event ``aether.memory.<kind>`` related to
+``_log.py``) and emits a Prefect event ``aether.memory.<kind>`` related to
 the flow run and task run, so Automations can react. The timeline is chosen by
 ``memory_level``: ``run`` (run_id), ``session`` (session_id) or ``graph`` (the
 flow name, shared by every scheduled run of one flow).
@@ -29,7 +29,7 @@ from aether_prefect._overrides import MEMORY_LEVELS
 from aether_prefect.errors import AetherMemoryError
 from aether_prefect.services._checks import check_metrics
 from aether_prefect.services.base import BoundService
-from aether_prefect.services.memory_log import LogWriter, newest_keys, read_many, timeline_prefix, ts_iso
+from aether_prefect.services.memory._log import LogWriter, newest_keys, read_many, timeline_prefix, ts_iso
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext
