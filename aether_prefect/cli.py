@@ -41,25 +41,33 @@ def cmd_blocks_register(_: argparse.Namespace) -> int:
 
 
 async def _load(name: str | None) -> tuple[str, AetherConfig]:
-    from aether_prefect.config import DEFAULT_BLOCK_NAME, ENV_CONFIG, aresolve_config
+    label, config, _ = await _load_saved(name)
+    return label, config
 
+
+async def _load_saved(name: str | None) -> tuple[str, AetherConfig, bool]:
+    """(label, config, saved): ``saved`` is False when the embedded defaults are in effect."""
     import os
 
-    label = name or os.environ.get(ENV_CONFIG) or DEFAULT_BLOCK_NAME
+    from aether_prefect.config import DEFAULT_BLOCK_NAME, ENV_CONFIG, aload_saved, aresolve_config
+
+    explicit = name or os.environ.get(ENV_CONFIG)
+    label = explicit or DEFAULT_BLOCK_NAME
     config = await aresolve_config(name)
-    return label, config
+    saved = bool(explicit) or await aload_saved(DEFAULT_BLOCK_NAME) is not None
+    return label, config, saved
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     """Print the resolved config with secrets masked."""
-    label, config = asyncio.run(_load(args.name))
-    print(f"# AetherConfig {label!r}" + ("" if config._block_document_id else " (embedded defaults: nothing saved)"))
+    label, config, saved = asyncio.run(_load_saved(args.name))
+    print(f"# AetherConfig {label!r}" + ("" if saved else " (embedded defaults: nothing saved)"))
     print(json.dumps(_masked(config), indent=2, default=str))
     return 0
 
 
 async def _doctor(name: str | None) -> list[tuple[str, bool, str]]:
-    from aether_prefect._prefect import prefect_client
+    from aether_prefect._prefect import healthcheck
     from aether_prefect.config import store_config
     from aether_prefect.services.stores import open_store
 
@@ -74,9 +82,7 @@ async def _doctor(name: str | None) -> list[tuple[str, bool, str]]:
             results.append((label, False, f"{type(exc).__name__}: {exc}"))
 
     async def api() -> str:
-        client = await prefect_client()
-        await client.api_healthcheck()
-        return str(client.api_url)
+        return await healthcheck()
 
     await check("prefect api", api)
     label, config = await _load(name) if results[-1][1] else (name or "default", AetherConfig())

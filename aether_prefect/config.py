@@ -38,9 +38,9 @@ def embedded_defaults() -> AetherConfig:
 
 def default_store_root() -> Path:
     """Root of the embedded local store: ``$PREFECT_HOME`` (objects live under its ``aether/``)."""
-    from prefect.settings import PREFECT_HOME
+    from aether_prefect._prefect import prefect_home
 
-    return Path(PREFECT_HOME.value()).expanduser()
+    return Path(prefect_home()).expanduser()
 
 
 def store_config(config: AetherConfig) -> AetherObjectStore:
@@ -99,6 +99,11 @@ async def _load_saved(name: str, *, missing_ok: bool) -> AetherConfig | None:
             f"AetherConfig(...).save({name!r}) or fix the name (block type 'aether-config')."
         )
     return loaded
+
+
+async def aload_saved(name: str) -> AetherConfig | None:
+    """The saved AetherConfig ``name`` (cached like every config load), or None when none is saved."""
+    return await _load_saved(_check_name(name), missing_ok=True)
 
 
 def cached_config(config: AetherConfig | str | None = None) -> AetherConfig | None:

@@ -51,9 +51,9 @@ class _Started:
 
 def _state_dir() -> Path:
     """``$PREFECT_HOME/aether``: where server logs and state files live."""
-    from prefect.settings import get_current_settings
+    from aether_prefect._prefect import prefect_home
 
-    path = Path(get_current_settings().home).expanduser() / "aether"
+    path = Path(prefect_home()).expanduser() / "aether"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -72,8 +72,9 @@ def _healthy(api_url: str, timeout: float = 2.0) -> bool:
 
 def _ui_url(api_url: str) -> str:
     """The UI's URL for an API URL (``http://host:port/api`` -> ``http://host:port``)."""
-    url = api_url.rstrip("/")
-    return url[: -len("/api")] if url.endswith("/api") else url
+    from aether_prefect._prefect import ui_url_for
+
+    return ui_url_for(api_url)
 
 
 def _configured_api_url() -> str | None:
@@ -85,13 +86,9 @@ def _configured_api_url() -> str | None:
 
 def _use_api_url(url: str | None) -> None:
     """Point this process (and children it starts later) at ``url``; None goes back to the ephemeral server."""
-    from prefect.context import refresh_global_settings_context
+    from aether_prefect._prefect import use_api_url
 
-    if url:
-        os.environ["PREFECT_API_URL"] = url
-    else:
-        os.environ.pop("PREFECT_API_URL", None)
-    refresh_global_settings_context()
+    use_api_url(url)
 
 
 def _check_port(port: int) -> None:

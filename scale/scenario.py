@@ -370,9 +370,7 @@ class Scenario:
             holder.kill()
             holder.wait()
         notes.append(f"server restarted (API down {down:.1f}s); lock holder pid {holder.pid} killed meanwhile")
-        from aether_prefect._prefect import _clients
-
-        _clients.clear()  # our cached client may hold dead connections; Prefect's retries would cope, this is faster
+        # No cache is cleared here: the services' Prefect client replaces dead connections by itself.
         async with open_session(config=self.state.config_name) as ctx:
             t_lock = time.monotonic()
             value = await ctx.kv().incr(lock_key)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import pydantic
-from prefect.input import RunInput
+from aether_prefect._prefect._pause import RunInput
 
 from aether_prefect.errors import ChannelError, ChannelTimeout, ValidationError
 from aether_prefect.services.base import BoundService
@@ -108,9 +108,14 @@ class ChannelService(BoundService):
             raise ValidationError(f"text must be a markdown str, got {type(text).__name__}")
         artifact_id: str | None = None
         if self._in_flow_run():
-            from prefect.artifacts import acreate_markdown_artifact
+            from aether_prefect._prefect import artifacts as prefect_artifacts
+            from aether_prefect._prefect import current_run_ids
 
-            artifact_id = str(await acreate_markdown_artifact(markdown=text, description=title or "channel message"))
+            ids = current_run_ids()
+            artifact_id = await prefect_artifacts.create_artifact(
+                type="markdown", data=text, description=title or "channel message",
+                flow_run_id=ids.flow_run_id, task_run_id=ids.task_run_id,
+            )
             self.ctx.logger().info(f"{title or 'message'}: published as a markdown artifact ({artifact_id})")
         else:
             self.ctx.logger().info(f"{title}\n{text}" if title else text)
@@ -181,10 +186,9 @@ class ChannelService(BoundService):
 
     @staticmethod
     def _in_flow_run() -> bool:
-        from prefect.context import FlowRunContext
+        from aether_prefect._prefect import in_flow_run
 
-        ctx = FlowRunContext.get()
-        return ctx is not None and ctx.flow_run is not None
+        return in_flow_run()
 
     def _route(self, prompt: str) -> Literal["pause", "console"]:
         """Where a question goes: the flow run's pause form, or the console; ChannelError if nowhere. No I/O."""
@@ -215,13 +219,12 @@ class ChannelService(BoundService):
 
     async def _pause(self, model: type[RunInput], prompt: str, timeout: float) -> Any:
         """Pause the current flow run until a person submits ``model``'s form; ChannelTimeout after ``timeout``."""
-        from prefect.exceptions import FlowPauseTimeout
-        from prefect.flow_runs import apause_flow_run
+        from aether_prefect._prefect import pause
 
         self.ctx.logger().info(f"waiting for an answer in the Prefect UI: {_short(prompt)}")
         try:
-            return await apause_flow_run(wait_for_input=model, timeout=math.ceil(timeout), poll_interval=_POLL_S)
-        except FlowPauseTimeout as exc:
+            return await pause.pause_for_input(model, timeout_s=math.ceil(timeout), poll_interval_s=_POLL_S)
+        except pause.PauseTimeout as exc:
             raise ChannelTimeout(
                 f"nobody answered {_short(prompt)!r} within {timeout:g}s (flow run {self.ctx.flow_run_id}); "
                 "answer sooner in the Prefect UI or pass a larger timeout_s"

@@ -39,13 +39,9 @@ def create(ctx: "NodeContext") -> ContextLogger:
     """The logger for ``ctx``: Prefect's run logger when in a run, stdlib otherwise."""
     base: logging.Logger | logging.LoggerAdapter[Any]
     if ctx.flow_run_id or ctx.task_run_id:
-        from prefect.exceptions import MissingContextError
-        from prefect.logging import get_run_logger
+        from aether_prefect._prefect import run_logger
 
-        try:
-            base = get_run_logger()
-        except MissingContextError:
-            base = _fallback_logger()
+        base = run_logger() or _fallback_logger()
     else:
         base = _fallback_logger()
     extra = {"run_id": ctx.run_id, "graph_id": ctx.graph_id, "node_id": ctx.node_id}

@@ -85,23 +85,13 @@ async def publish(
     """Create the Prefect artifact inside the current run; None (and nothing sent) outside a run."""
     if not flow_run_id and not task_run_id:
         return None
-    from prefect.client.schemas.actions import ArtifactCreate
-
-    from aether_prefect._prefect import prefect_client
+    from aether_prefect._prefect import artifacts as prefect_artifacts
 
     kind, data = payload(art, content, json_obj)
-    client = await prefect_client()
-    created = await client.create_artifact(
-        artifact=ArtifactCreate(
-            key=prefect_key(art.name, art.kind),
-            type=kind,
-            description=describe(art),
-            data=data,
-            flow_run_id=flow_run_id,
-            task_run_id=task_run_id,
-        )
+    return await prefect_artifacts.create_artifact(
+        key=prefect_key(art.name, art.kind), type=kind, description=describe(art), data=data,
+        flow_run_id=flow_run_id, task_run_id=task_run_id,
     )
-    return str(created.id)
 
 
 __all__ = ["describe", "payload", "prefect_key", "publish"]

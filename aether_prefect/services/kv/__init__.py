@@ -25,17 +25,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
-import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 import orjson
 
-from aether_prefect._prefect import prefect_client
+from aether_prefect._prefect import variables
 from aether_prefect._sync import SyncView, async_cm, run_sync
 from aether_prefect.errors import IntegrityError, KVError
 from aether_prefect.services.kv import _names as names
@@ -44,7 +41,6 @@ from aether_prefect.services.kv._lock import VariableLock
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext
-    from prefect.client.orchestration import SyncPrefectClient
 
     from aether_prefect.services.stores.base import ObjectStore
 
@@ -177,63 +173,34 @@ def _blob_ref(env: dict[str, Any] | None) -> str | None:
 
 
 class VariablesAPI:
-    """Thin calls to Prefect's ``/variables`` routes on the process's PrefectClient (no client per call)."""
+    """The Variables calls the KV needs, through the one door to Prefect (one kept client per loop)."""
 
-    async def _http(self) -> httpx.AsyncClient:
-        return (await prefect_client())._client
-
-    async def _call(self, method: str, url: str, *, json: Any = None, ok_missing: int | None = None) -> httpx.Response | None:
-        http = await self._http()
+    @staticmethod
+    async def _guard(coro: Any) -> Any:
         try:
-            return await http.request(method, url, json=json)
-        except httpx.HTTPStatusError as exc:
-            if ok_missing is not None and exc.response.status_code == ok_missing:
-                return None
-            raise KVError(
-                f"Prefect API answered {exc.response.status_code} to {method} {url}: {exc.response.text[:300]}"
-            ) from None
-        except httpx.TransportError as exc:
-            raise KVError(
-                f"cannot reach the Prefect API for {method} {url} ({type(exc).__name__}: {exc}); "
-                "check PREFECT_API_URL and that the server is running"
-            ) from None
+            return await coro
+        except (variables.VariablesAPIError, variables.VariablesUnreachable) as exc:
+            raise KVError(str(exc)) from None
 
     async def read(self, name: str) -> dict[str, Any] | None:
         """The variable named ``name`` (id, name, value...), or None."""
-        resp = await self._call("GET", f"/variables/name/{name}", ok_missing=404)
-        return None if resp is None else resp.json()  # type: ignore[no-any-return]
+        return await self._guard(variables.read(name))  # type: ignore[no-any-return]
 
     async def read_many(self, names_: list[str]) -> dict[str, dict[str, Any]]:
         """Variables by name, at most 200 per request."""
-        out: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(names_), _PAGE):
-            chunk = names_[i : i + _PAGE]
-            resp = await self._call(
-                "POST", "/variables/filter",
-                json={"variables": {"name": {"any_": chunk}}, "limit": len(chunk)},
-            )
-            assert resp is not None
-            for var in resp.json():
-                out[var["name"]] = var
-        return out
+        return await self._guard(variables.read_many(names_))  # type: ignore[no-any-return]
 
     async def scan(self, like: str, *, offset: int, limit: int = _PAGE) -> list[dict[str, Any]]:
         """One page of variables whose name contains ``like`` (SQL LIKE, ``_`` is a wildcard), by name."""
-        resp = await self._call(
-            "POST", "/variables/filter",
-            json={"variables": {"name": {"like_": like}}, "offset": offset, "limit": limit, "sort": "NAME_ASC"},
-        )
-        assert resp is not None
-        return resp.json()  # type: ignore[no-any-return]
+        return await self._guard(variables.scan(like, offset=offset, limit=limit))  # type: ignore[no-any-return]
 
     async def patch(self, name: str, value: Any) -> bool:
         """Replace the value of an existing variable; False if there is none."""
-        return await self._call("PATCH", f"/variables/name/{name}", json={"value": value}, ok_missing=404) is not None
+        return await self._guard(variables.patch(name, value))  # type: ignore[no-any-return]
 
     async def create(self, name: str, value: Any) -> dict[str, Any] | None:
         """Create a variable; None if the name is taken (409)."""
-        resp = await self._call("POST", "/variables/", json={"name": name, "value": value}, ok_missing=409)
-        return None if resp is None else resp.json()  # type: ignore[no-any-return]
+        return await self._guard(variables.create(name, value))  # type: ignore[no-any-return]
 
     async def put(self, name: str, value: Any, *, exists: bool = True) -> None:
         """Write ``value`` whether or not the variable exists; one request when ``exists`` is guessed right."""
@@ -249,53 +216,29 @@ class VariablesAPI:
 
     async def delete(self, name: str) -> bool:
         """Delete by name; False if there was none."""
-        return await self._call("DELETE", f"/variables/name/{name}", ok_missing=404) is not None
+        return await self._guard(variables.delete(name))  # type: ignore[no-any-return]
 
     async def delete_id(self, var_id: str) -> bool:
         """Delete one variable instance by id; False if it is gone."""
-        return await self._call("DELETE", f"/variables/{var_id}", ok_missing=404) is not None
+        return await self._guard(variables.delete_id(var_id))  # type: ignore[no-any-return]
 
     async def patch_id(self, var_id: str, value: Any) -> bool:
         """Replace the value of one variable instance by id; False if it is gone."""
-        return await self._call("PATCH", f"/variables/{var_id}", json={"value": value}, ok_missing=404) is not None
+        return await self._guard(variables.patch_id(var_id, value))  # type: ignore[no-any-return]
 
 
-_sync_clients: dict[int, "SyncPrefectClient"] = {}
-_sync_lock = threading.Lock()
-
-
-def _sync_http() -> httpx.Client:
-    """The blocking HTTP client for the calling thread: the run's own inside a Prefect run, else one per process."""
-    from prefect.context import SyncClientContext
-
-    ctx = SyncClientContext.get()
-    if ctx is not None and ctx.client is not None:
-        return ctx.client._client
-    pid = os.getpid()
-    with _sync_lock:
-        client = _sync_clients.get(pid)
-        if client is None:
-            from prefect.client.orchestration import get_client
-
-            client = get_client(sync_client=True)
-            client.__enter__()
-            _sync_clients[pid] = client
-    return client._client
-
-
-def _sync_call(method: str, url: str) -> httpx.Response | None:
-    """Blocking request on the thread's client; None on 404, errors as in :class:`VariablesAPI`."""
+def _sync_read(name: str) -> dict[str, Any] | None:
     try:
-        return _sync_http().request(method, url)
-    except httpx.HTTPStatusError as exc:
-        if exc.response.status_code == 404:
-            return None
-        raise KVError(f"Prefect API answered {exc.response.status_code} to {method} {url}: {exc.response.text[:300]}") from None
-    except httpx.TransportError as exc:
-        raise KVError(
-            f"cannot reach the Prefect API for {method} {url} ({type(exc).__name__}: {exc}); "
-            "check PREFECT_API_URL and that the server is running"
-        ) from None
+        return variables.read_sync(name)
+    except (variables.VariablesAPIError, variables.VariablesUnreachable) as exc:
+        raise KVError(str(exc)) from None
+
+
+def _sync_delete(name: str) -> bool:
+    try:
+        return variables.delete_sync(name)
+    except (variables.VariablesAPIError, variables.VariablesUnreachable) as exc:
+        raise KVError(str(exc)) from None
 
 
 class _KVSyncView(SyncView["PrefectKV"]):
@@ -307,8 +250,7 @@ class _KVSyncView(SyncView["PrefectKV"]):
         """Blocking :meth:`PrefectKV.get`: one GET on the thread's own client (the run's inside a run)."""
         kv = self._target
         name = kv._name(key)
-        resp = _sync_call("GET", f"/variables/name/{name}")
-        var = None if resp is None else resp.json()
+        var = _sync_read(name)
         env = _envelope(var)
         if env is None or not _alive(env):
             return default
@@ -321,7 +263,7 @@ class _KVSyncView(SyncView["PrefectKV"]):
         """Blocking :meth:`PrefectKV.delete`: one DELETE on the thread's own client, then the blob check."""
         kv = self._target
         name = kv._name(key)
-        _sync_call("DELETE", f"/variables/name/{name}")
+        _sync_delete(name)
         if list(kv._store_().list_keys(_blob_prefix(kv.namespace, name))):
             run_sync(kv._collect_garbage(key, name))
 

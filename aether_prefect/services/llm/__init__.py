@@ -16,7 +16,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
-from uuid import UUID
 
 import httpx
 from pydantic import SecretStr
@@ -562,20 +561,16 @@ class LLMService(BoundService):
         """With ``log_exchanges``: one markdown artifact per exchange in the run, messages cut, secrets masked."""
         if not self.profile.log_exchanges or not self.ctx.flow_run_id:
             return
-        from prefect.client.schemas.actions import ArtifactCreate
-
-        from aether_prefect._prefect import prefect_client
+        from aether_prefect._prefect import artifacts as prefect_artifacts
 
         md = exchange_markdown(messages, reply, usage, model=model, profile=self.profile_name,
                                secrets=self._secret_list())
         try:
-            client = await prefect_client()
-            await client.create_artifact(ArtifactCreate(
+            await prefect_artifacts.create_artifact(
                 type="markdown", data=md,
                 description=f"LLM exchange of {self.ctx.node_id} (profile {self.profile_name}, model {model})",
-                flow_run_id=UUID(self.ctx.flow_run_id),
-                task_run_id=UUID(self.ctx.task_run_id) if self.ctx.task_run_id else None,
-            ))
+                flow_run_id=self.ctx.flow_run_id, task_run_id=self.ctx.task_run_id,
+            )
         except Exception as exc:  # noqa: BLE001 - a paid-for reply must not be lost to a logging failure
             _log.warning("could not publish the LLM exchange log of %s: %s", self.ctx.node_id,
                          llm_http.redact(str(exc), self._secret_list()))

@@ -11,7 +11,6 @@ import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 from pydantic import BaseModel, Field
 
@@ -124,23 +123,17 @@ class UsageTracker:
         """Publish the table once, if calls were made inside a Prefect run."""
         if not self._rows or not self._ctx.flow_run_id or self.published_artifact_id:
             return
-        from prefect.client.schemas.actions import ArtifactCreate
+        from aether_prefect._prefect import artifacts as prefect_artifacts
 
-        from aether_prefect._prefect import prefect_client
-
-        client = await prefect_client()
         scope = f"task run {self._ctx.node_id}" if self._ctx.task_run_id else "the flow body"
-        artifact = await client.create_artifact(
-            ArtifactCreate(
-                type="table",
-                data=json.dumps([r.model_dump() for r in self.rows()]),
-                description=f"LLM usage of {scope}: calls and tokens per profile and model (aether-prefect).",
-                metadata_={MARK_KEY: TASK_MARK},
-                flow_run_id=UUID(self._ctx.flow_run_id),
-                task_run_id=UUID(self._ctx.task_run_id) if self._ctx.task_run_id else None,
-            )
+        self.published_artifact_id = await prefect_artifacts.create_artifact(
+            type="table",
+            data=json.dumps([r.model_dump() for r in self.rows()]),
+            description=f"LLM usage of {scope}: calls and tokens per profile and model (aether-prefect).",
+            metadata={MARK_KEY: TASK_MARK},
+            flow_run_id=self._ctx.flow_run_id,
+            task_run_id=self._ctx.task_run_id,
         )
-        self.published_artifact_id = str(artifact.id)
 
 
 def tracker(ctx: "NodeContext") -> UsageTracker:
@@ -174,49 +167,15 @@ def _rows_of(data: Any) -> list[UsageRow]:
 
 async def read_task_tables(flow_run_id: str) -> list[list[UsageRow]]:
     """The usage tables that contexts of this flow run published (task runs and the flow body)."""
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+    from aether_prefect._prefect import artifacts as prefect_artifacts
 
-    from aether_prefect._prefect import prefect_client
-
-    client = await prefect_client()
-    tables: list[list[UsageRow]] = []
-    offset = 0
-    while True:
-        page = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]),
-                type=ArtifactFilterType(any_=["table"]),
-            ),
-            limit=200,
-            offset=offset,
-        )
-        for art in page:
-            if (art.metadata_ or {}).get(MARK_KEY) == TASK_MARK:
-                tables.append(_rows_of(art.data))
-        if len(page) < 200:
-            return tables
-        offset += 200
+    found = await prefect_artifacts.read_artifacts(flow_run_id=flow_run_id, type="table")
+    return [_rows_of(art.data) for art in found if (art.metadata_ or {}).get(MARK_KEY) == TASK_MARK]
 
 
 async def read_flow_usage(flow_run_id: str) -> list[UsageRow]:
     """Calls and tokens of a whole flow run, per profile and model, summed from its task tables."""
     return _sum_rows([r for table in await read_task_tables(flow_run_id) for r in table])
-
-
-async def _cached_task_runs(flow_run_id: str) -> int:
-    """How many task runs of the flow run took their result from Prefect's cache (they add no tokens)."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateName,
-    )
-
-    from aether_prefect._prefect import prefect_client
-
-    client = await prefect_client()
-    runs = await client.read_task_runs(
-        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(flow_run_id)])),
-        task_run_filter=TaskRunFilter(state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Cached"]))),
-    )
-    return len(runs)
 
 
 async def publish_flow_usage(flow_run_id: str, *, flow_name: str | None = None, quiet: bool = False) -> list[UsageRow]:
@@ -235,32 +194,26 @@ async def publish_flow_usage(flow_run_id: str, *, flow_name: str | None = None, 
 
 
 async def _publish_flow_usage(flow_run_id: str, *, flow_name: str | None, quiet: bool) -> list[UsageRow]:
-    from prefect.client.schemas.actions import ArtifactCreate
-
-    from aether_prefect._prefect import prefect_client
+    from aether_prefect._prefect import artifacts as prefect_artifacts
 
     tables = await read_task_tables(flow_run_id)
     rows = _sum_rows([r for t in tables for r in t])
     if quiet and not rows:
         return rows
-    client = await prefect_client()
     if flow_name is None:
-        run = await client.read_flow_run(UUID(flow_run_id))
-        flow_name = (await client.read_flow(run.flow_id)).name
-    cached = await _cached_task_runs(flow_run_id)
+        flow_name = await prefect_artifacts.flow_name_of(flow_run_id)
+    cached = await prefect_artifacts.count_cached_task_runs(flow_run_id)
     total = _sum_rows([UsageRow(profile="TOTAL", model="*", **{k: getattr(r, k) for k in COLUMNS[2:]}) for r in rows])
-    await client.create_artifact(
-        ArtifactCreate(
-            key=flow_usage_key(flow_name),
-            type="table",
-            data=json.dumps([r.model_dump() for r in rows + total]),
-            description=(
-                f"LLM usage of flow run {flow_run_id} ({flow_name}): {len(tables)} usage table(s) summed"
-                + (f"; {cached} task run(s) came from Prefect's cache and added no tokens" if cached else "")
-                + " (aether-prefect)."
-            ),
-            metadata_={MARK_KEY: FLOW_MARK},
-            flow_run_id=UUID(flow_run_id),
-        )
+    await prefect_artifacts.create_artifact(
+        key=flow_usage_key(flow_name),
+        type="table",
+        data=json.dumps([r.model_dump() for r in rows + total]),
+        description=(
+            f"LLM usage of flow run {flow_run_id} ({flow_name}): {len(tables)} usage table(s) summed"
+            + (f"; {cached} task run(s) came from Prefect's cache and added no tokens" if cached else "")
+            + " (aether-prefect)."
+        ),
+        metadata={MARK_KEY: FLOW_MARK},
+        flow_run_id=flow_run_id,
     )
     return rows

@@ -277,7 +277,7 @@ class MemoryService(BoundService):
             self._emit_ok = bool(api_url() or self.ctx.flow_run_id)
         if not self._emit_ok:
             return
-        from prefect.events import emit_event
+        from aether_prefect._prefect import events
 
         ctx = self.ctx
         related: list[dict[str, str]] = []
@@ -301,8 +301,8 @@ class MemoryService(BoundService):
         if len(data_json.encode("utf-8")) <= _PAYLOAD_DATA_BYTES:
             payload["data"] = event.data
         try:
-            emit_event(
-                event=f"aether.memory.{event.kind}",
+            events.emit(
+                f"aether.memory.{event.kind}",
                 resource={
                     "prefect.resource.id": f"aether.memory.{self.level}.{self.timeline_id}",
                     "prefect.resource.name": self.timeline,

@@ -1,0 +1,99 @@
+"""Prefect artifacts and run records: create, read back, and the few run lookups the usage roll-up needs."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from aether_prefect._prefect._client import with_client
+
+
+def _uuid(value: str | UUID | None) -> UUID | None:
+    return None if value is None else (value if isinstance(value, UUID) else UUID(str(value)))
+
+
+async def create_artifact(
+    *,
+    type: str,
+    data: Any,
+    description: str | None = None,
+    key: str | None = None,
+    flow_run_id: str | None = None,
+    task_run_id: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Create one artifact (``markdown``, ``table``, ``link``...) attached to the given runs; returns its id."""
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    artifact = ArtifactCreate(
+        key=key, type=type, data=data, description=description, metadata_=metadata,
+        flow_run_id=_uuid(flow_run_id), task_run_id=_uuid(task_run_id),
+    )
+
+    async def call(client: Any) -> str:
+        return str((await client.create_artifact(artifact=artifact)).id)
+
+    return await with_client(call)
+
+
+async def read_artifacts(*, flow_run_id: str, type: str | None = None, key: str | None = None) -> list[Any]:
+    """Every artifact of a flow run (optionally of one type or key), paging through 200 at a time."""
+    from prefect.client.schemas.filters import (
+        ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, ArtifactFilterType,
+    )
+
+    flt = ArtifactFilter(
+        flow_run_id=ArtifactFilterFlowRunId(any_=[_uuid(flow_run_id)]),
+        type=ArtifactFilterType(any_=[type]) if type else None,
+        key=ArtifactFilterKey(any_=[key]) if key else None,
+    )
+    out: list[Any] = []
+    offset = 0
+    while True:
+        async def call(client: Any, offset: int = offset) -> list[Any]:
+            return await client.read_artifacts(artifact_filter=flt, limit=200, offset=offset)  # type: ignore[no-any-return]
+
+        page = await with_client(call)
+        out.extend(page)
+        if len(page) < 200:
+            return out
+        offset += 200
+
+
+async def read_latest_artifact(key: str) -> Any | None:
+    """The latest version of the artifact with ``key``, or None."""
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    async def call(client: Any) -> list[Any]:
+        return await client.read_latest_artifacts(  # type: ignore[no-any-return]
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=[key])), limit=1
+        )
+
+    found = await with_client(call)
+    return found[0] if found else None
+
+
+async def count_cached_task_runs(flow_run_id: str) -> int:
+    """How many task runs of the flow run took their result from Prefect's cache."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter, FlowRunFilterId, TaskRunFilter, TaskRunFilterState, TaskRunFilterStateName,
+    )
+
+    async def call(client: Any) -> int:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[_uuid(flow_run_id)])),
+            task_run_filter=TaskRunFilter(state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Cached"]))),
+        )
+        return len(runs)
+
+    return await with_client(call)
+
+
+async def flow_name_of(flow_run_id: str) -> str:
+    """The name of the flow a flow run belongs to."""
+
+    async def call(client: Any) -> str:
+        run = await client.read_flow_run(_uuid(flow_run_id))
+        return str((await client.read_flow(run.flow_id)).name)
+
+    return await with_client(call)
