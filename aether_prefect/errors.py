@@ -47,8 +47,16 @@ class KVError(AetherError):
     """A KV operation failed (bad key, bad value, lock not acquired...)."""
 
 
+class KVValidationError(KVError, ValidationError):
+    """A KV call got bad input (a non-JSON value, a bad ttl_s or amount, a malformed mapping)."""
+
+
 class AetherMemoryError(AetherError):
-    """A memory operation got bad input (unknown level, non-JSON data...)."""
+    """A memory operation failed."""
+
+
+class MemoryValidationError(AetherMemoryError, ValidationError):
+    """A memory call got bad input (unknown level, non-JSON data, bad limit...)."""
 
 
 class LLMError(AetherError):
@@ -73,7 +81,11 @@ class LLMBudgetExceeded(AetherError):
 
 
 class RAGError(AetherError):
-    """A RAG operation got bad input (unknown corpus, empty query, bad file...)."""
+    """A RAG operation failed."""
+
+
+class RAGValidationError(RAGError, ValidationError):
+    """A RAG call got bad input (unknown corpus, empty query, bad file, clashing documents...)."""
 
 
 class MCPError(AetherError):
