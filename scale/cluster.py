@@ -4,8 +4,10 @@
 idempotent: it starts only what is not running, then (re)applies the setup (bucket,
 blocks, saved AetherConfig, work pool, deployments). Every pid is recorded with its
 start time in ``<root>/pids.json``; ``stop`` signals exactly those, ``clean`` also
-deletes ``<root>``. Workers get nothing but ``PREFECT_API_URL``, the name of the
-saved ``AetherConfig`` and their own ``PREFECT_HOME`` / working directory.
+deletes ``<root>``. Workers get nothing but ``PREFECT_API_URL``, the API's basic-auth
+string, the name of the saved ``AetherConfig`` and their own ``PREFECT_HOME`` / working
+directory. The server runs with Prefect's basic auth on: a random string generated once
+into ``<root>/auth-string`` (mode 0600) and never printed.
 """
 
 from __future__ import annotations
@@ -108,11 +110,25 @@ def base_env(state: ClusterState, home: Path) -> dict[str, str]:
     }
 
 
+def auth_string(state: ClusterState) -> str:
+    """The cluster's ``user:password`` for Prefect's basic auth, generated once (0600) in ``<root>/auth-string``."""
+    import secrets
+
+    path = state.path("auth-string")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"aether:{secrets.token_urlsafe(24)}")
+    return path.read_text().strip()
+
+
 def client_env(state: ClusterState) -> dict[str, str]:
     """Environment for our own setup/scenario processes that talk to the cluster's API."""
     env = base_env(state, state.path("client"))
     env.update(
         PREFECT_API_URL=state.api_url,
+        PREFECT_API_AUTH_STRING=auth_string(state),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
         PYTHONPATH=str(REPO),
@@ -183,6 +199,7 @@ def server_env(state: ClusterState) -> dict[str, str]:
     env = base_env(state, state.path("server"))
     env.update(
         PREFECT_API_DATABASE_CONNECTION_URL=state.db_url,
+        PREFECT_SERVER_API_AUTH_STRING=auth_string(state),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_LOGGING_LEVEL="WARNING",
     )
@@ -215,9 +232,10 @@ def restart_server(state: ClusterState, *, down_s: float = 0.0) -> float:
 
 
 def worker_env(state: ClusterState, name: str) -> dict[str, str]:
-    """A worker's whole configuration: the API URL and the name of the saved AetherConfig."""
+    """A worker's whole configuration: the API URL, its auth string and the name of the saved AetherConfig."""
     env = base_env(state, state.path("workers", name, "home"))
-    env.update(PREFECT_API_URL=state.api_url, AETHER_PREFECT_CONFIG=state.config_name)
+    env.update(PREFECT_API_URL=state.api_url, PREFECT_API_AUTH_STRING=auth_string(state),
+               AETHER_PREFECT_CONFIG=state.config_name)
     return env
 
 
@@ -349,11 +367,12 @@ def _banner(state: ClusterState) -> str:
     return (
         f"Cluster up in {state.last_start_s:.1f}s (data in {state.root})\n"
         f"  Prefect UI:  {state.ui_url}   (deployments, flow runs, artifacts)\n"
-        f"  API:         {state.api_url}\n"
+        f"  API:         {state.api_url}   (basic auth on: the string is in {state.path('auth-string')})\n"
         f"  S3:          {state.s3_url}  bucket {state.bucket!r} (forwarder to moto at {state.moto_url})\n"
         f"  Workers:     {', '.join(state.worker_names())} on pool {state.pool!r}, config block {state.config_name!r}\n"
         f"  Runs:        {state.ui_url}/runs (a fresh cluster queues one scale-flow run: open it to see its artifacts)\n"
-        f"  Use it:      PREFECT_API_URL={state.api_url} prefect deployment run 'scale-flow/scale' --param batch=demo\n"
+        f"  Use it:      PREFECT_API_AUTH_STRING=$(cat {state.path('auth-string')}) \\\n"
+        f"               PREFECT_API_URL={state.api_url} prefect deployment run 'scale-flow/scale' --param batch=demo\n"
         f"  Stop:        make cluster-stop   (keeps data)   |   make cluster-clean (deletes {state.root})"
     )
 

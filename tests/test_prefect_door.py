@@ -109,7 +109,9 @@ def test_services_reconnect_after_a_server_restart(tmp_path: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "store")], env=env, cwd=ROOT,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().strip() == "SET"
+        if proc.stdout.readline().strip() != "SET":
+            proc.kill()
+            pytest.fail(f"the first set failed: {proc.communicate()[1][-3000:]}")
         server.restart()
         proc.stdin.write("\n")
         proc.stdin.flush()

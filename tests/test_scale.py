@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from scale import cluster
@@ -44,6 +45,13 @@ def test_scale_scenario_keeps_its_promises_under_load_and_faults(tmp_path: Path)
         report = json.loads(report_path.read_text())
         failed = [f"{r['name']}: {r['value']}" for r in report["rows"] if r["ok"] is False]
         assert out.returncode == 0 and report["ok"], f"broken promises {failed}\n{out.stdout[-4000:]}"
+
+        # Behind Prefect's basic auth: a generated secret (0600), never printed; a client without it is refused.
+        secret_file = root / "auth-string"
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        secret = secret_file.read_text().strip().split(":", 1)[1]
+        assert secret not in out.stdout + out.stderr
+        assert httpx.post(f"{state.api_url}/variables/filter", json={}, timeout=10).status_code == 401
 
         promises = _promises(report)
         assert promises["[load] all 3 runs complete"]["ok"]

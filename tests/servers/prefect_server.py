@@ -24,8 +24,9 @@ def free_port() -> int:
 class PrefectServer:
     """`prefect server start` in the background, its own PREFECT_HOME and SQLite DB; stop by PID."""
 
-    def __init__(self, home: Path | None = None, port: int | None = None) -> None:
+    def __init__(self, home: Path | None = None, port: int | None = None, env: dict[str, str] | None = None) -> None:
         self.home = Path(home or tempfile.mkdtemp(prefix="aether-prefect-server-"))
+        self.extra_env = dict(env or {})
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.home / "server.log"
@@ -41,6 +42,7 @@ class PrefectServer:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_UI_ENABLED": os.environ.get("AETHER_TEST_UI", "false"),
             "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+            **self.extra_env,
         }
         env.pop("PREFECT_API_URL", None)
         self.home.mkdir(parents=True, exist_ok=True)
