@@ -34,6 +34,15 @@ class VariablesUnreachable(Exception):
         )
 
 
+def _translate(exc: httpx.HTTPError, method: str, path: str, ok_status: int | None) -> None:
+    """None when ``exc`` is the answer ``ok_status`` (404 missing, 409 taken); else raise our typed error."""
+    if isinstance(exc, httpx.HTTPStatusError):
+        if ok_status is not None and exc.response.status_code == ok_status:
+            return None
+        raise VariablesAPIError(exc.response.status_code, method, path, exc.response.text) from None
+    raise VariablesUnreachable(method, path, exc) from None
+
+
 async def request(method: str, path: str, *, json: Any = None, ok_status: int | None = None) -> httpx.Response | None:
     """One request on the loop's client; None when the answer is ``ok_status`` (e.g. 404 or 409)."""
 
@@ -42,12 +51,8 @@ async def request(method: str, path: str, *, json: Any = None, ok_status: int | 
 
     try:
         return await with_client(call)
-    except httpx.HTTPStatusError as exc:
-        if ok_status is not None and exc.response.status_code == ok_status:
-            return None
-        raise VariablesAPIError(exc.response.status_code, method, path, exc.response.text) from None
-    except httpx.TransportError as exc:
-        raise VariablesUnreachable(method, path, exc) from None
+    except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+        return _translate(exc, method, path, ok_status)
 
 
 def request_sync(method: str, path: str, *, json: Any = None, ok_status: int | None = None) -> httpx.Response | None:
@@ -58,12 +63,8 @@ def request_sync(method: str, path: str, *, json: Any = None, ok_status: int | N
 
     try:
         return with_sync_client(call)
-    except httpx.HTTPStatusError as exc:
-        if ok_status is not None and exc.response.status_code == ok_status:
-            return None
-        raise VariablesAPIError(exc.response.status_code, method, path, exc.response.text) from None
-    except httpx.TransportError as exc:
-        raise VariablesUnreachable(method, path, exc) from None
+    except (httpx.HTTPStatusError, httpx.TransportError) as exc:
+        return _translate(exc, method, path, ok_status)
 
 
 async def read(name: str) -> dict[str, Any] | None:
