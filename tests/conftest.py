@@ -14,6 +14,9 @@ from pathlib import Path
 _HOME = Path(tempfile.mkdtemp(prefix="aether-tests-"))
 os.environ.update(
     PREFECT_HOME=str(_HOME / "client"),
+    # Prefect 3.6-3.8 put task results (and cache records) in ~/.prefect/storage whatever PREFECT_HOME says:
+    # cache hits from an earlier run would leak into this one.
+    PREFECT_RESULTS_LOCAL_STORAGE_PATH=str(_HOME / "client" / "storage"),
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
     PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",

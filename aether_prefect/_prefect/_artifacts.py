@@ -82,7 +82,10 @@ async def count_cached_task_runs(flow_run_id: str) -> int:
     async def call(client: Any) -> int:
         runs = await client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[_uuid(flow_run_id)])),
-            task_run_filter=TaskRunFilter(state=TaskRunFilterState(name=TaskRunFilterStateName(any_=["Cached"]))),
+            # ``type=None`` spelled out: Prefect 3.6 requires both fields of the state filter.
+            task_run_filter=TaskRunFilter(
+                state=TaskRunFilterState(type=None, name=TaskRunFilterStateName(any_=["Cached"]))
+            ),
         )
         return len(runs)
 
