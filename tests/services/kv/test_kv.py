@@ -119,14 +119,18 @@ def test_large_value_round_trips_and_blobs_are_cleaned(kv: PrefectKV) -> None:
     assert kv.sync.get("edge") == "é" * 2400
 
 
-def test_ttl_expiry_expire_and_purge(kv: PrefectKV) -> None:
-    kv.sync.set("short", "v", ttl_s=1)
+def test_ttl_expiry_expire_and_purge(kv: PrefectKV, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Expiry follows the clock, not the test's speed: TTLs far longer than any step, then the clock jumps."""
+    real_time = time.time
+    skew = {"s": 0.0}
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew["s"])
+    kv.sync.set("short", "v", ttl_s=60)
     kv.sync.set("long", "v", ttl_s=3600)
     kv.sync.set("forever", "v")
-    kv.sync.set("bigshort", "y" * 6000, ttl_s=1)
+    kv.sync.set("bigshort", "y" * 6000, ttl_s=60)
     assert kv.sync.get("short") == "v" and kv.sync.exists("short")
-    assert kv.sync.expire("forever", 1) is True and kv.sync.expire("absent", 1) is False
-    time.sleep(1.3)
+    assert kv.sync.expire("forever", 60) is True and kv.sync.expire("absent", 60) is False
+    skew["s"] = 120.0  # every 60 s TTL has passed; the 3600 s one has not
     assert kv.sync.get("short", "expired") == "expired" and not kv.sync.exists("short")
     assert kv.sync.get("forever") is None and kv.sync.get("long") == "v"
     assert kv.sync.scan_prefix("") == ["long"]
@@ -135,6 +139,8 @@ def test_ttl_expiry_expire_and_purge(kv: PrefectKV) -> None:
     assert kv.sync.purge_expired() == 2  # forever, bigshort ("short" was revived by incr)
     assert raw_read(kv_names.variable_name(kv.namespace, "forever")) is None and blobs(kv) == []
     assert kv.sync.get("long") == "v" and kv.sync.purge_expired() == 0
+    skew["s"] = 7200.0
+    assert kv.sync.get("long") is None and kv.sync.get("short") == 1  # incr kept no expiry of the expired key
 
 
 def test_namespace_isolation(local_config: AetherConfig) -> None:

@@ -324,7 +324,6 @@ def test_graph_level_across_processes_local(local_config: AetherConfig) -> None:
 
 
 def test_graph_level_across_processes_s3(s3_store_block: AetherObjectStore) -> None:
-    pytest.importorskip("aether_prefect.services.stores.s3")
     flow_name = f"mem-xproc-s3-{uuid.uuid4().hex[:8]}"
     _check_graph_timeline(s3_store_block, [_spawn_writer(s3_store_block, flow_name, 20)], flow_name, 20)
 

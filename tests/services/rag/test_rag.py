@@ -74,7 +74,6 @@ def ctx(local_config: AetherConfig) -> Iterator[Any]:
 
 @pytest.fixture()
 def dense_config(tmp_store: AetherObjectStore, llm_server: Any) -> AetherConfig:
-    pytest.importorskip("aether_prefect.services.llm", reason="the LLM service has not landed yet")
     profile = AetherLLMProfile(base_url=llm_server.base_url, api_key=llm_server.api_key, model="m", embed_model="e")
     return AetherConfig(llm={"default": profile}, store=tmp_store)
 
