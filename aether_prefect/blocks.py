@@ -20,14 +20,28 @@ _LOGO = "https://raw.githubusercontent.com/aether-prefect/aether-prefect/main/do
 _NAME_RE = r"^[A-Za-z0-9_.-]+$"
 
 
+#: AetherGraph ``LLMProfile`` fields renamed here (AetherGraph name -> ours), so its profiles load unchanged.
+_AETHERGRAPH_RENAMED = {"timeout": "timeout_s"}
+#: AetherGraph ``endpoint_id`` values and the ``api`` they select.
+_ENDPOINT_APIS = {"openai_responses": "responses", "azure_responses": "responses"}
+#: AetherGraph ``LLMProfile`` fields accepted for compatibility that have no effect here.
+_AETHERGRAPH_IGNORED = frozenset({
+    "rate_limit_group", "thinking_mode", "thinking_budget", "reasoning_summary", "compatibility_policy",
+    "structured_output_policy", "prompt_cache_policy", "context_window_tokens", "capability_overrides",
+    "vision_enabled", "vision_max_images", "vision_max_image_bytes", "vision_resize_enabled",
+    "vision_resize_max_dimension", "vision_resize_max_pixels", "vision_resize_jpeg_quality",
+    "vision_resize_min_jpeg_quality", "vision_accepted_mime_prefixes", "vision_accepted_mime_types",
+})
+
+
 class AetherLLMProfile(Block):
-    """One OpenAI-compatible LLM endpoint: OpenAI, Azure OpenAI, Ollama, vLLM, LM Studio, OpenRouter."""
+    """One LLM endpoint of any provider AetherGraph names (OpenAI, Azure, Anthropic, Gemini, DeepSeek, ...)."""
 
     _block_type_name = "Aether LLM Profile"
     _block_type_slug = "aether-llm-profile"
     _logo_url = _LOGO
     _documentation_url = _DOCS
-    _description = "An OpenAI-compatible LLM endpoint used by context.llm(profile) in aether-prefect tasks."
+    _description = "An LLM endpoint (OpenAI, Azure, Anthropic, Gemini, ...) used by context.llm(profile) in tasks."
     _code_example = """
 ```python
 from aether_prefect.blocks import AetherLLMProfile
@@ -38,16 +52,34 @@ profile = AetherLLMProfile.load("BLOCK_NAME")
 
     provider: str = Field(
         default="openai",
-        description="Provider kind: 'openai' for any OpenAI-compatible API, or 'azure' for Azure OpenAI.",
+        description="openai, azure, anthropic, google, deepseek, openrouter, lmstudio, ollama, vllm or "
+        "openai_compatible (any OpenAI-compatible API, with base_url).",
     )
     model: str | None = Field(default=None, description="Chat model (for Azure: the deployment name).")
     base_url: str | None = Field(
         default=None,
-        description="Base URL of the API, e.g. https://api.openai.com/v1 or http://localhost:11434/v1.",
+        description="Base URL of the API; unset means the provider's own (e.g. https://api.openai.com/v1).",
     )
     api_key: SecretStr | None = Field(default=None, description="API key, kept secret; never logged.")
+    api_key_ref: str | None = Field(
+        default=None, description="Environment variable holding the key when api_key is unset, e.g. ANTHROPIC_API_KEY."
+    )
+    api: Literal["chat", "responses"] = Field(
+        default="chat", description="OpenAI/Azure only: 'chat' (Chat Completions) or 'responses' (Responses API)."
+    )
     embed_model: str | None = Field(default=None, description="Embedding model used by embed() and RAG.")
+    embed_profile: str | None = Field(
+        default=None, description="Profile used by embed() when this provider has no embeddings (Anthropic, DeepSeek)."
+    )
+    max_output_tokens: int | None = Field(
+        default=None, ge=1, description="Default reply token cap (Anthropic requires one: 4096 when unset)."
+    )
+    reasoning_effort: Literal["minimal", "low", "medium", "high", "xhigh", "max"] | None = Field(
+        default=None, description="Reasoning effort sent to OpenAI reasoning models (o1, o3, o4, gpt-5)."
+    )
     api_version: str | None = Field(default=None, description="Azure OpenAI api-version query parameter.")
+    app_name: str | None = Field(default=None, description="OpenRouter attribution: sent as X-Title.")
+    app_url: str | None = Field(default=None, description="OpenRouter attribution: sent as HTTP-Referer.")
     timeout_s: float = Field(default=60.0, gt=0, description="Timeout of one HTTP request, in seconds.")
     max_retries: int = Field(default=3, ge=0, le=20, description="Retries on 429, 5xx and connection errors.")
     headers: SecretDict | None = Field(default=None, description="Extra HTTP headers sent with every request.")
@@ -64,13 +96,37 @@ profile = AetherLLMProfile.load("BLOCK_NAME")
         default=False, description="Send X-Aether-Flow-Run-Id and X-Aether-Task-Run-Id headers with requests."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _aethergraph_fields(cls, data: Any) -> Any:
+        """Accept an AetherGraph ``LLMProfile``'s fields: rename, map endpoint_id/azure_deployment/retry, drop no-ops."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for theirs, ours in _AETHERGRAPH_RENAMED.items():
+            if theirs in data:
+                value = data.pop(theirs)
+                data.setdefault(ours, value)
+        endpoint = data.pop("endpoint_id", None)
+        if endpoint is not None:
+            data.setdefault("api", _ENDPOINT_APIS.get(str(endpoint), "chat"))
+        deployment = data.pop("azure_deployment", None)
+        if deployment:
+            data["model"] = deployment  # our Azure profiles name the deployment in model
+        retry = data.pop("retry", None)
+        attempts = retry.get("max_attempts") if isinstance(retry, dict) else getattr(retry, "max_attempts", None)
+        if isinstance(attempts, int) and "max_retries" not in data:
+            data["max_retries"] = max(0, attempts - 1)
+        for name in _AETHERGRAPH_IGNORED & set(data):
+            data.pop(name)
+        return data
+
     @field_validator("provider")
     @classmethod
     def _check_provider(cls, v: str) -> str:
-        v = v.strip().lower()
-        if not v:
-            raise ValueError("provider must not be empty; use 'openai' for any OpenAI-compatible API")
-        return v
+        from aether_prefect.services.llm._providers import normalize  # lazy: the llm package imports this module
+
+        return normalize(v)
 
     @field_validator("base_url")
     @classmethod

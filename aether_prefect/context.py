@@ -7,7 +7,11 @@ lazily on first use, so building a context makes no network call.
 from __future__ import annotations
 
 import contextvars
+import hashlib
+import hmac
+import json
 import logging
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +26,29 @@ if TYPE_CHECKING:
 _log = logging.getLogger("aether_prefect")
 _current: contextvars.ContextVar["NodeContext | None"] = contextvars.ContextVar("aether_node_context", default=None)
 
-_PROVIDER_URLS = {
-    "openai": "https://api.openai.com/v1",
-    "openrouter": "https://openrouter.ai/api/v1",
-    "ollama": "http://localhost:11434/v1",
-    "lmstudio": "http://localhost:1234/v1",
-}
+#: Per-process key of the fingerprints that tell override values apart in the service cache (secrets included)
+#: without keeping them in clear there.
+_FINGERPRINT_KEY = secrets.token_bytes(32)
+
+
+def _fingerprint(value: Any) -> str:
+    """A keyed hash of an override value, secrets revealed first (every SecretStr reprs the same)."""
+
+    def reveal(v: Any) -> Any:
+        if hasattr(v, "get_secret_value"):
+            return ["secret", reveal(v.get_secret_value())]
+        if isinstance(v, dict):
+            return {str(k): reveal(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [reveal(x) for x in v]
+        if hasattr(type(v), "model_fields"):
+            return [type(v).__name__, {n: reveal(getattr(v, n, None)) for n in type(v).model_fields}]
+        return v
+
+    data = json.dumps(reveal(value), sort_keys=True, default=repr).encode()
+    return hmac.new(_FINGERPRINT_KEY, data, hashlib.sha256).hexdigest()
+
+
 
 
 def current_context() -> "NodeContext":
@@ -210,7 +231,7 @@ class NodeContext:
         return llm_profile(self._config, profile)
 
     def llm(self, profile: str = "default", **overrides: Any) -> Any:
-        """An OpenAI-compatible client for ``profile``; ``overrides`` replace profile fields for this call site."""
+        """The LLM client of ``profile`` (any provider); ``overrides`` replace profile fields for this call site."""
         ov = self.overrides.llm
         if ov is not None and not isinstance(ov, (AetherLLMProfile, dict)):
             return ov
@@ -237,20 +258,27 @@ class NodeContext:
             data = {k: getattr(prof, k) for k in AetherLLMProfile.model_fields}
             data.update(overrides)
             prof = AetherLLMProfile.model_validate(data)
-        key = ("llm", profile, tuple(sorted((k, repr(v)) for k, v in overrides.items())))
+        key = ("llm", profile, tuple(sorted((k, _fingerprint(v)) for k, v in overrides.items())))
         return self._service(key, lambda: _create("llm", self, profile, prof))
 
     def llm_set_key(self, provider: str, api_key: str, model: str | None = None, profile: str = "default") -> None:
         """Use ``api_key`` (and ``model``) for ``profile`` in this context only; nothing is saved."""
         from pydantic import SecretStr
 
+        from aether_prefect.services.llm._providers import default_base_url, normalize
+
         if not isinstance(api_key, str) or not api_key:
             raise TypeError("api_key must be a non-empty str")
         base = self.llm_profile(profile)
         data: dict[str, Any] = {k: getattr(base, k) for k in AetherLLMProfile.model_fields} if base else {}
-        provider = provider.strip().lower()
+        try:
+            provider = normalize(provider)
+        except ValueError as exc:
+            from aether_prefect.errors import ValidationError
+
+            raise ValidationError(str(exc)) from None
         if base is None or base.provider != provider:
-            data["base_url"] = _PROVIDER_URLS.get(provider, data.get("base_url"))
+            data["base_url"] = default_base_url(provider) or data.get("base_url")
         data.update(provider=provider, api_key=SecretStr(api_key))
         if model:
             data["model"] = model

@@ -1,5 +1,9 @@
 """LLM service bench: 200 concurrent chat calls vs raw httpx, per-call overhead, and the cost of budget checks.
 
+Per provider (#24): the client-side cost of one ``chat`` through an in-process transport, ours vs raw httpx
+sending the same request of the same wire format (OpenAI chat, Responses, Azure, Anthropic Messages, Gemini),
+in paired rounds; the goal is within 10%. ``--providers`` runs only that part (no Prefect server needed).
+
 The OpenAI-compatible server runs in its own process (so it does not share the GIL with the client side).
 Run: ``.venv/bin/python bench/bench_llm.py``.
 """
@@ -117,6 +121,108 @@ async def client_overhead_rows(config: Any) -> list[dict[str, Any]]:
             common.row("per-call overhead of the service vs raw httpx", ours_med - raw_med, None, "us")]
 
 
+#: Canned replies per wire format, and how raw httpx sends and reads that wire format.
+_REPLIES = {
+    "openai": b'{"choices": [{"message": {"role": "assistant", "content": "echo"}}], '
+              b'"usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}',
+    "responses": b'{"object": "response", "status": "completed", "output": [{"type": "message", "role": "assistant", '
+                 b'"content": [{"type": "output_text", "text": "echo"}]}], '
+                 b'"usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}}',
+    "anthropic": b'{"type": "message", "role": "assistant", "content": [{"type": "text", "text": "echo"}], '
+                 b'"stop_reason": "end_turn", "usage": {"input_tokens": 3, "output_tokens": 1}}',
+    "gemini": b'{"candidates": [{"content": {"role": "model", "parts": [{"text": "echo"}]}, "finishReason": "STOP"}], '
+              b'"usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 1, "totalTokenCount": 4}}',
+}
+_BASE = "http://llm.bench.invalid"
+
+
+def _raw_request(wire: str, i: int) -> tuple[str, dict[str, Any], dict[str, str], dict[str, str]]:
+    """(url, body, headers, params) of the request raw httpx sends for one chat of ``wire``."""
+    text = f"question number {i}"
+    if wire == "anthropic":
+        return (f"{_BASE}/v1/messages", {"model": "m", "max_tokens": 4096, "messages": [{"role": "user", "content": text}]},
+                {"x-api-key": FAKE_API_KEY, "anthropic-version": "2023-06-01"}, {})
+    if wire == "gemini":
+        return (f"{_BASE}/v1beta/models/m:generateContent", {"contents": [{"role": "user", "parts": [{"text": text}]}]},
+                {"x-goog-api-key": FAKE_API_KEY}, {})
+    if wire == "responses":
+        return (f"{_BASE}/responses", {"model": "m", "input": [{"role": "user", "content": text}]},
+                {"Authorization": f"Bearer {FAKE_API_KEY}"}, {})
+    if wire == "azure":
+        return (f"{_BASE}/openai/deployments/m/chat/completions", {"messages": [{"role": "user", "content": text}]},
+                {"api-key": FAKE_API_KEY}, {"api-version": "2024-10-21"})
+    return (f"{_BASE}/chat/completions", {"model": "m", "messages": [{"role": "user", "content": text}]},
+            {"Authorization": f"Bearer {FAKE_API_KEY}"}, {})
+
+
+def _raw_read(wire: str, data: dict[str, Any]) -> tuple[str, int]:
+    """Text and total tokens of a reply, read the way a hand-written client would."""
+    if wire == "anthropic":
+        return "".join(b["text"] for b in data["content"] if b["type"] == "text"), sum(data["usage"].values())
+    if wire == "gemini":
+        parts = data["candidates"][0]["content"]["parts"]
+        return "".join(p.get("text", "") for p in parts), data["usageMetadata"]["totalTokenCount"]
+    if wire == "responses":
+        out = [c["text"] for item in data["output"] if item["type"] == "message" for c in item["content"]]
+        return "".join(out), data["usage"]["total_tokens"]
+    return data["choices"][0]["message"]["content"], data["usage"]["total_tokens"]
+
+
+async def provider_overhead_rows(rounds: int = 5, n: int = 200) -> list[dict[str, Any]]:
+    """Client-side cost per provider: our ``chat`` vs raw httpx of the same wire format, paired rounds."""
+    from pydantic import SecretStr
+
+    from aether_prefect.blocks import AetherConfig, AetherLLMProfile
+    from aether_prefect.services.llm import _http as llm_http
+    from aether_prefect.session import open_session
+
+    def reply(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        wire = ("anthropic" if path.endswith("/messages") else "gemini" if ":generateContent" in path
+                else "responses" if path.endswith("/responses") else "openai")
+        return httpx.Response(200, content=_REPLIES[wire], headers={"content-type": "application/json"})
+
+    transport = httpx.MockTransport(reply)
+    profiles = {
+        "openai": dict(provider="openai"), "responses": dict(provider="openai", api="responses"),
+        "azure": dict(provider="azure"), "anthropic": dict(provider="anthropic"), "gemini": dict(provider="google"),
+        "deepseek": dict(provider="deepseek"), "ollama": dict(provider="ollama"),
+    }
+    config = AetherConfig(llm={name: AetherLLMProfile(base_url=_BASE, api_key=SecretStr(FAKE_API_KEY), model="m",
+                                                      **fields) for name, fields in profiles.items()},
+                          kv_namespace=f"bench{os.getpid()}")
+    rows = []
+    llm_http.use_transport(transport)
+    try:
+        async with httpx.AsyncClient(transport=transport) as raw, open_session(config=config) as ctx:
+            for name in profiles:
+                wire = name if name in ("responses", "azure", "anthropic", "gemini") else "openai"
+                llm = ctx.llm(name)
+
+                async def raw_one(i: int, wire: str = wire) -> None:
+                    url, body, headers, params = _raw_request(wire, i)
+                    r = await raw.post(url, json=body, headers=headers, params=params or None)
+                    r.raise_for_status()
+                    _raw_read(wire, r.json())
+
+                async def ours_one(i: int, llm: Any = llm) -> None:
+                    await llm.chat(f"question number {i}")
+
+                ratios, raw_us, ours_us = [], [], []
+                for _ in range(rounds):
+                    r, o = await paired_ms(raw_one, ours_one, n=n)
+                    ratios.append(o / r)
+                    raw_us.append(r * 1000)
+                    ours_us.append(o * 1000)
+                rows.append(common.row(f"chat client-side cost, {name} ({wire} wire) vs raw httpx",
+                                       statistics.median(ours_us), statistics.median(raw_us), "us", target=1.10))
+                rows.append(common.row(f"  median of {rounds} paired-round ratios, {name}", statistics.median(ratios),
+                                       None, "x", target=1.10))
+    finally:
+        llm_http.use_transport(None)
+    return rows
+
+
 async def main() -> None:
     from pydantic import SecretStr
 
@@ -150,6 +256,7 @@ async def main() -> None:
                 p2, flow_ms = await paired_ms(plain_call, lambda i: plain.llm("flowbudget").chat(f"q {i}"), n=40)
             rows.append(common.row("one chat call over loopback, sequential (median)", plain_ms, raw_ms, "ms"))
             rows.extend(await client_overhead_rows(config))
+            rows.extend(await provider_overhead_rows(rounds=3, n=100))
             rows.append(common.row("chat with a task-run budget vs none (median)", task_ms, p1, "ms"))
             rows.append(common.row("chat with a flow-run budget (KV incr) vs none", flow_ms, p2, "ms"))
 
@@ -177,6 +284,13 @@ async def main() -> None:
         proc.wait(timeout=10)
 
 
+async def providers_only() -> None:
+    common.report("llm-providers", await provider_overhead_rows())
+
+
 if __name__ == "__main__":
-    common.start_prefect_server()
-    asyncio.run(main())
+    if "--providers" in sys.argv:  # client side only: no Prefect server, no LLM server
+        asyncio.run(providers_only())
+    else:
+        common.start_prefect_server()
+        asyncio.run(main())

@@ -76,14 +76,31 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 def _where(server: AetherMCPServer) -> str:
-    """The server's command line, or its URL without credentials or query string (for messages and reprs)."""
+    """The server's command (its arguments left out: a token may be one), or its URL without credentials or query."""
     if server.transport == "stdio":
-        return f"{server.command} {' '.join(server.args)}".strip()
+        hidden = f" (+{len(server.args)} args, not shown)" if server.args else ""
+        return f"{server.command}{hidden}"
     from urllib.parse import urlsplit
 
     u = urlsplit(server.url or "")
     host = u.hostname or ""
     return f"{u.scheme}://{host}{f':{u.port}' if u.port else ''}{u.path}"
+
+
+def _hidden_values(server: AetherMCPServer) -> list[str]:
+    """What must never appear in a message: stdio args and env values, header values (4+ characters)."""
+    values = list(server.args)
+    for secret in (server.env, server.headers):
+        if secret is not None:
+            values += [str(v) for v in secret.get_secret_value().values()]
+    return sorted({v for v in values if len(v) >= 4}, key=len, reverse=True)
+
+
+def _scrub(text: str, server: AetherMCPServer) -> str:
+    """``text`` with every stdio arg, env value and header value replaced by ***."""
+    for value in _hidden_values(server):
+        text = text.replace(value, "***")
+    return text
 
 
 def _errlog() -> Any:
@@ -140,7 +157,7 @@ class _Connection:
             if not self._ready.is_set():
                 self.error = self.translate(exc, "connecting")
             elif not self._closing.is_set():
-                _log.debug("MCP session %s ended: %r", self.label, exc)
+                _log.debug("MCP session %s ended: %s", self.label, _scrub(repr(exc), self.server))
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
         finally:
@@ -217,9 +234,14 @@ class _Connection:
         await asyncio.wait({asyncio.wrap_future(done)}, timeout=_CLOSE_WAIT_S)
 
     def translate(self, exc: BaseException, doing: str) -> MCPError:
-        """An MCPError saying what went wrong and how to fix it; never includes headers, tokens or env."""
+        """An MCPError saying what went wrong and how to fix it; never includes headers, tokens, args or env."""
         if isinstance(exc, MCPError):
             return exc
+        err = self._translate(exc, doing)
+        scrubbed = _scrub(str(err), self.server)
+        return err if scrubbed == str(err) else MCPError(scrubbed)
+
+    def _translate(self, exc: BaseException, doing: str) -> MCPError:
         s = self.server
         where = _where(s)
         if self.http_status in (401, 403):
@@ -421,8 +443,9 @@ class MCPClient(BoundService):
             message = " ".join(getattr(c, "text", "") for c in result.content).strip() or "no message"
             if await self._is_unknown_tool(tool):
                 known = ", ".join(sorted(self._tool_names or ())) or "none"
-                raise MCPError(f"MCP server {self._label} has no tool {tool!r} (its tools: {known}); server said: {message}")
-            raise MCPError(f"tool {tool!r} of MCP server {self._label} failed: {message}")
+                raise MCPError(_scrub(f"MCP server {self._label} has no tool {tool!r} (its tools: {known}); "
+                                      f"server said: {message}", self.server))
+            raise MCPError(_scrub(f"tool {tool!r} of MCP server {self._label} failed: {message}", self.server))
         if result.structured_content is not None:
             return dict(result.structured_content)
         return {"content": [_jsonable(c) for c in result.content]}

@@ -9,6 +9,10 @@ Contract used by several test files:
   usage counted in words; `stream: true` streams SSE chunks and a final usage chunk.
 - Default `/v1/embeddings`: `embed_text` vectors, order preserved, usage counted.
 - Azure paths (`/openai/deployments/<name>/chat/completions?api-version=...`) are served the same way.
+- Default `/v1/responses` (OpenAI's Responses API): output items, `text.format` JSON modes, flat function tools,
+  `response.*` stream events ending with `response.completed` (no `[DONE]`).
+- Reasoning models (`o1`, `o3`, `o4-mini`, `gpt-5`...) get OpenAI's 400 for `max_tokens` or a non-default
+  `temperature`, as the real API answers.
 - Fixtures: session `openai_server`, function `llm_server` (same server, reset per test).
 """
 
@@ -102,6 +106,12 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
     return "" if content is None else str(content)
+
+
+def _bad_param(message: str, param: str, code: str) -> Response:
+    """An OpenAI 400 ``invalid_request_error`` naming a parameter."""
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                   "code": code}}, status_code=400)
 
 
 def chat_completion(model: str, content: str | None, prompt_tokens: int, completion_tokens: int,
@@ -237,14 +247,23 @@ class FakeOpenAI:
             self.requests.append(Recorded(request.method, request.url.path, dict(request.query_params),
                                           {k.lower(): v for k, v in request.headers.items()}, body, time.time()))
         if not self._authorized(request):
-            return JSONResponse({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
-                                           "code": "invalid_api_key"}}, status_code=401)
+            return self._unauthorized()
         scripted = self._next_script(request.url.path)
         if scripted is not None:
             return await self._scripted(scripted)
+        return self._route(request, body)
+
+    def _unauthorized(self) -> Response:
+        return JSONResponse({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",
+                                       "code": "invalid_api_key"}}, status_code=401)
+
+    def _route(self, request: Request, body: Any) -> Response:
+        """The default reply of an endpoint (no script queued)."""
         endpoint = self._norm(request.url.path)
         if endpoint == "/chat/completions" and request.method == "POST":
             return self._chat(body or {})
+        if endpoint == "/responses" and request.method == "POST":
+            return self._responses(body or {})
         if endpoint == "/embeddings" and request.method == "POST":
             return self._embeddings(body or {})
         if endpoint == "/models":
@@ -265,19 +284,38 @@ class FakeOpenAI:
         return JSONResponse(reply.json if reply.json is not None else {}, status_code=reply.status,
                             headers=reply.headers)
 
-    @staticmethod
-    async def _sse(reply: Reply) -> AsyncIterator[bytes]:
+    #: Whether streams end with ``data: [DONE]`` (Chat Completions) or just end (Responses, Anthropic, Gemini).
+    sse_done_marker = True
+
+    async def _sse(self, reply: Reply) -> AsyncIterator[bytes]:
+        """SSE frames of a reply; a dict chunk with a "type" also gets an ``event:`` line (Responses, Anthropic)."""
         for chunk in reply.sse or []:
             data = chunk if isinstance(chunk, str) else json.dumps(chunk)
-            yield f"data: {data}\n\n".encode()
+            event = chunk.get("type") if isinstance(chunk, dict) and isinstance(chunk.get("type"), str) else None
+            yield (f"event: {event}\n" if event else "").encode() + f"data: {data}\n\n".encode()
             if reply.chunk_delay:
                 await asyncio.sleep(reply.chunk_delay)
-        if reply.sse_done:
+        if reply.sse_done and self.sse_done_marker:
             yield b"data: [DONE]\n\n"
+
+    def _reasoning_refusal(self, body: dict[str, Any], model: str, *, responses: bool = False) -> Response | None:
+        """OpenAI's 400s for what reasoning models (o1, o3, o4, gpt-5) do not take."""
+        if not re.match(r"^(o\d|gpt-5)", model):
+            return None
+        if "max_tokens" in body and not responses:
+            return _bad_param("Unsupported parameter: 'max_tokens' is not supported with this model. "
+                              "Use 'max_completion_tokens' instead.", "max_tokens", "unsupported_parameter")
+        if body.get("temperature") not in (None, 1):
+            return _bad_param(f"Unsupported value: 'temperature' does not support {body['temperature']} with this "
+                              "model. Only the default (1) value is supported.", "temperature", "unsupported_value")
+        return None
 
     def _chat(self, body: dict[str, Any]) -> Response:
         messages = body.get("messages") or []
         model = str(body.get("model") or "fake-chat")
+        refusal = self._reasoning_refusal(body, model)
+        if refusal is not None:
+            return refusal
         last_user = next((_text_of(m.get("content")) for m in reversed(messages)
                           if isinstance(m, dict) and m.get("role") == "user"), "")
         fmt = (body.get("response_format") or {}).get("type")
@@ -296,6 +334,50 @@ class FakeOpenAI:
             reply = Reply(sse=stream_chunks(model, content, prompt, completion))
             return StreamingResponse(self._sse(reply), media_type="text/event-stream")
         return JSONResponse(chat_completion(model, content, prompt, completion))
+
+    def _responses(self, body: dict[str, Any]) -> Response:
+        """OpenAI's Responses API: ``input`` (a str or items), ``instructions``, ``text.format``, flat tools."""
+        model = str(body.get("model") or "fake-chat")
+        for legacy in ("messages", "max_tokens", "response_format"):
+            if legacy in body:
+                return _bad_param(f"Unsupported parameter: '{legacy}'.", legacy, "unsupported_parameter")
+        refusal = self._reasoning_refusal(body, model, responses=True)
+        if refusal is not None:
+            return refusal
+        items = body.get("input")
+        items = [{"role": "user", "content": items}] if isinstance(items, str) else list(items or [])
+        texts = [_text_of(i.get("content")) if "role" in i else str(i.get("output", "")) for i in items
+                 if isinstance(i, dict)]
+        last_user = next((_text_of(i.get("content")) for i in reversed(items)
+                          if isinstance(i, dict) and i.get("role") == "user"), "")
+        fmt = ((body.get("text") or {}).get("format") or {}).get("type")
+        content = json.dumps({"echo": last_user}) if fmt in ("json_object", "json_schema") else f"echo: {last_user}"
+        prompt = count_tokens(" ".join([str(body.get("instructions") or ""), *texts]))
+        completion = count_tokens(content)
+        rid = f"resp_{uuid.uuid4().hex[:12]}"
+        usage = {"input_tokens": prompt, "output_tokens": completion, "total_tokens": prompt + completion}
+        tools = body.get("tools") or []
+        choice = body.get("tool_choice")
+        if tools and (choice == "required" or isinstance(choice, dict)):
+            name = choice["name"] if isinstance(choice, dict) else tools[0]["name"]
+            output = [{"type": "function_call", "id": f"fc_{uuid.uuid4().hex[:8]}", "call_id": f"call_{uuid.uuid4().hex[:8]}",
+                       "name": name, "arguments": json.dumps({"echo": last_user}), "status": "completed"}]
+        else:
+            output = [{"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "status": "completed",
+                       "role": "assistant", "content": [{"type": "output_text", "text": content, "annotations": []}]}]
+        response = {"id": rid, "object": "response", "created_at": int(time.time()), "status": "completed",
+                    "model": model, "output": output, "usage": usage}
+        if not body.get("stream"):
+            return JSONResponse(response)
+        pieces = re.findall(r"\S+\s*|\s+", content) or [""]
+        events: list[Any] = [{"type": "response.created", "response": {**response, "status": "in_progress",
+                                                                       "output": [], "usage": None}}]
+        events += [{"type": "response.output_text.delta", "item_id": output[0]["id"], "output_index": 0,
+                    "content_index": 0, "delta": p} for p in pieces]
+        events += [{"type": "response.output_text.done", "item_id": output[0]["id"], "output_index": 0,
+                    "content_index": 0, "text": content},
+                   {"type": "response.completed", "response": response}]
+        return StreamingResponse(self._sse(Reply(sse=events, sse_done=False)), media_type="text/event-stream")
 
     def _embeddings(self, body: dict[str, Any]) -> Response:
         inputs = body.get("input")

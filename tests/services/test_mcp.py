@@ -322,3 +322,23 @@ def test_inside_aether_tasks_sync_and_async(
     assert len({one["pid"], two["pid"], three["pid"]}) == 3  # a fresh context (and session) per task run
     assert all(wait_gone(r["pid"]) for r in (one, two, three)), "a task's MCP server outlived its task run"
     assert demo_children() == []
+
+
+def test_stdio_failure_message_hides_args_and_env(local_config: AetherConfig) -> None:
+    """#17.12: a token passed as a stdio argument or in env never appears in the MCPError or the repr."""
+    import sys
+
+    server = AetherMCPServer(command=sys.executable,
+                             args=["-c", "import sys; sys.exit(3)", "--token", "tok-SECRET-arg-123"],
+                             env={"API_TOKEN": "env-SECRET-456"}, timeout_s=5)
+
+    async def go() -> tuple[str, str]:
+        async with open_session(config=cfg(local_config, default=server)) as ctx:
+            m = ctx.mcp()
+            with pytest.raises(MCPError) as err:
+                await m.list_tools()
+            return str(err.value), repr(m)
+
+    message, rep = run(go)
+    assert "tok-SECRET-arg-123" not in message + rep and "env-SECRET-456" not in message + rep
+    assert "sys.exit" not in message and sys.executable in message  # the command is named, its arguments are not

@@ -1,10 +1,11 @@
-"""The LLM service: ``context.llm(profile)``, OpenAI-compatible chat, streaming, embeddings and raw requests.
+"""The LLM service: ``context.llm(profile)``: chat, streaming, embeddings and raw requests for every provider.
 
-Providers: any OpenAI-compatible base URL (OpenAI, vLLM, LM Studio, OpenRouter, Ollama's /v1) and Azure
-OpenAI (``provider="azure"``: deployment path, ``api-version``, ``api-key`` header). Every call is checked
-against the budgets (``_budget.py``), counted in the task run's usage table (``_usage.py``) and sent through
-one pooled httpx client per process and event loop with retries (``_http.py``). Sync tasks use
-``context.llm().sync.chat(...)``.
+Providers (``_providers.py``, AetherGraph's names): OpenAI (Chat Completions, or the Responses API with
+``api="responses"``), Azure OpenAI, Anthropic Messages, Google Gemini, DeepSeek, OpenRouter, LM Studio, Ollama,
+vLLM and any OpenAI-compatible API. One adapter per wire format (``_openai.py``, ``_anthropic.py``,
+``_gemini.py``) shapes requests and reads replies; this module gives every provider the same budgets
+(``_budget.py``), usage table (``_usage.py``), pooled client and retries (``_http.py``), exchange logs and JSON
+re-asks. Sync tasks use ``context.llm().sync.chat(...)``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -22,11 +24,16 @@ from pydantic import SecretStr
 
 from aether_prefect._sync import maybe_await
 from aether_prefect.blocks import AetherLLMProfile
-from aether_prefect.errors import ConfigError, LLMError, LLMInvalidOutput, ValidationError
-from aether_prefect.services.llm import _http as llm_http
+from aether_prefect.errors import ConfigError, LLMError, LLMInvalidOutput, ServiceNotConfigured, ValidationError
 from aether_prefect.services.base import BoundService
+from aether_prefect.services.llm import _http as llm_http
+from aether_prefect.services.llm._anthropic import Messages
 from aether_prefect.services.llm._budget import BudgetGuard, Reservation
+from aether_prefect.services.llm._gemini import GenerateContent
+from aether_prefect.services.llm._openai import AzureChatCompletions, AzureResponses, ChatCompletions, Responses
+from aether_prefect.services.llm._providers import PROVIDERS, ProviderSpec, provider_spec
 from aether_prefect.services.llm._usage import Usage, UsageRow, tracker
+from aether_prefect.services.llm._wire import SSE, Adapter, ChatReply, ChatSpec, HttpCall
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext
@@ -34,19 +41,11 @@ if TYPE_CHECKING:
 OutputFormat = Literal["text", "json_object", "json_schema"]
 OUTPUT_FORMATS = ("text", "json_object", "json_schema")
 _log = logging.getLogger("aether_prefect.llm")
-DEFAULT_AZURE_API_VERSION = "2024-10-21"
 #: Texts per embeddings request.
 EMBED_BATCH = 128
 #: Characters kept per message in exchange-log artifacts.
 EXCHANGE_MAX_CHARS = 2000
 _RESERVED_BODY_KEYS = frozenset({"messages", "stream", "response_format", "input"})
-_PROVIDER_URLS = {
-    "openai": "https://api.openai.com/v1",
-    "openrouter": "https://openrouter.ai/api/v1",
-    "ollama": "http://localhost:11434/v1",
-    "lmstudio": "http://localhost:1234/v1",
-    "vllm": "http://localhost:8000/v1",
-}
 
 OnDelta = Callable[[str], "Awaitable[Any] | Any"]
 
@@ -145,39 +144,21 @@ def _json_problem(text: str, schema: dict[str, Any] | None) -> str | None:
     return f"the reply does not match the JSON schema: {error.message} (at {error.json_path})"
 
 
-def _reply_text(data: Any) -> str:
-    """Text of a chat.completion reply (tool-call-only replies give '')."""
-    try:
-        content = data["choices"][0]["message"].get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise LLMError(
-            f"LLM reply has no choices[0].message: {json.dumps(data)[:300]!r}. "
-            "Fix: check that base_url points at an OpenAI-compatible /chat/completions API"
-        ) from None
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return content or ""
-
-
-class _SSE:
-    """Incremental server-sent-events parser: feed lines, get complete ``data`` payloads."""
-
-    def __init__(self) -> None:
-        self._data: list[str] = []
-
-    def feed(self, line: str) -> str | None:
-        if line == "":
-            if not self._data:
-                return None
-            payload, self._data = "\n".join(self._data), []
-            return payload
-        if line.startswith("data:"):
-            self._data.append(line[5:].lstrip(" "))
-        return None  # comments (':'), event:, id:, retry: lines are ignored
+def _adapter(spec: ProviderSpec, profile: AetherLLMProfile, base_url: str) -> Adapter:
+    """The wire-format adapter of a provider (and, for OpenAI and Azure, of the profile's ``api``)."""
+    if spec.wire == "anthropic":
+        return Messages(profile, base_url, embeddings=spec.embeddings)
+    if spec.wire == "gemini":
+        return GenerateContent(profile, base_url, embeddings=spec.embeddings)
+    responses = profile.api == "responses"
+    if spec.wire == "azure":
+        return (AzureResponses if responses else AzureChatCompletions)(profile, base_url, embeddings=spec.embeddings)
+    return (Responses if responses else ChatCompletions)(profile, base_url, embeddings=spec.embeddings,
+                                                         provider=spec.name)
 
 
 class LLMService(BoundService):
-    """An OpenAI-compatible client bound to one profile and one NodeContext.
+    """A client bound to one profile and one NodeContext, speaking the profile's provider's wire format.
 
     Async methods: ``chat``, ``chat_stream``, ``embed``, ``raw``; ``.sync`` has blocking twins.
     ``usage()`` gives the calls and tokens of this task run so far.
@@ -194,50 +175,63 @@ class LLMService(BoundService):
         super().__init__(ctx)
         self.profile_name = profile_name
         self.profile = profile
-        self.provider = profile.provider
+        spec = provider_spec(profile.provider)
+        self.provider = spec.name
         self._transport = transport
         self._budget = BudgetGuard(ctx, profile_name, profile)
         self._secrets: list[str] | None = None
         self.last_response: dict[str, Any] | None = None
-        base = profile.base_url or _PROVIDER_URLS.get(self.provider)
-        if self.provider == "azure":
-            if not profile.base_url:
-                raise ConfigError(
-                    f"LLM profile {profile_name!r} uses provider 'azure' but has no base_url: set "
-                    "AetherLLMProfile(provider='azure', base_url='https://<resource>.openai.azure.com', model='<deployment>')"
-                )
-            base = profile.base_url.removesuffix("/openai")
-        elif base is None:
+        #: Tool calls of the last chat reply, in OpenAI's shape whatever the provider.
+        self.last_tool_calls: list[dict[str, Any]] = []
+        base = profile.base_url or spec.base_url
+        if base is None:
+            example = ("AetherLLMProfile(provider='azure', base_url='https://<resource>.openai.azure.com', "
+                       "model='<deployment>')" if spec.name == "azure" else
+                       f"AetherLLMProfile(provider={spec.name!r}, base_url='http://host:port/v1')")
             raise ConfigError(
-                f"LLM profile {profile_name!r} has provider {self.provider!r} and no base_url: set "
-                f"AetherLLMProfile(base_url='http://host:port/v1') (known providers: {', '.join(sorted(_PROVIDER_URLS))}, azure)"
+                f"LLM profile {profile_name!r} uses provider {spec.name!r}, which has no default base_url: set "
+                f"{example} (providers with a default URL: "
+                f"{', '.join(n for n, p in PROVIDERS.items() if p.base_url)})"
             )
+        if spec.wire == "azure":
+            base = base.rstrip("/").removesuffix("/openai")
         self.base_url: str = base.rstrip("/")
+        self._adapter = _adapter(spec, profile, self.base_url)
 
     def __repr__(self) -> str:
         return (f"LLMService(profile={self.profile_name!r}, provider={self.provider!r}, "
-                f"model={self.profile.model!r}, base_url={self.base_url!r})")
+                f"model={self.profile.model!r}, base_url={llm_http.mask_url(self.base_url)!r})")
 
     # -- plumbing -------------------------------------------------------------------------------------------
 
+    def _api_key(self) -> str | None:
+        """The key: the profile's ``api_key``, else the environment variable named by ``api_key_ref``."""
+        key = self.profile.api_key
+        if isinstance(key, SecretStr):
+            return key.get_secret_value()
+        if self.profile.api_key_ref:
+            return os.environ.get(self.profile.api_key_ref) or None
+        return None
+
     def _secret_list(self) -> list[str]:
-        """Values to mask in errors and artifacts: the key, header values, every secret of the config."""
+        """Values to mask in errors and artifacts: the key, header values, URL passwords, every config secret."""
         if self._secrets is None:
             found = secret_values(self.profile) | secret_values(self.ctx.config)
+            found |= set(llm_http.url_secrets(self.base_url))
+            key = self._api_key()
+            if key:
+                found.add(key)
             self._secrets = sorted(found, key=len, reverse=True)
         return self._secrets
 
     def _headers(self, extra: dict[str, str] | None = None, *, auth: bool = True) -> dict[str, str]:
         """Request headers; the key is revealed here only, at the moment of sending."""
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(self._adapter.default_headers())
         if auth and self.profile.headers is not None:
             headers.update({str(k): str(v) for k, v in self.profile.headers.get_secret_value().items()})
-        key = self.profile.api_key
-        if auth and isinstance(key, SecretStr):
-            if self.provider == "azure":
-                headers["api-key"] = key.get_secret_value()
-            else:
-                headers["Authorization"] = f"Bearer {key.get_secret_value()}"
+        key = self._api_key() if auth else None
+        if key:
+            headers.update(self._adapter.auth_headers(key))
         if self.profile.tag_requests:
             if self.ctx.flow_run_id:
                 headers["X-Aether-Flow-Run-Id"] = self.ctx.flow_run_id
@@ -247,18 +241,6 @@ class LLMService(BoundService):
             headers.update(extra)
         return headers
 
-    def _endpoint(self, endpoint: str, model: str | None) -> tuple[str, dict[str, str]]:
-        """URL and query params of an endpoint ('chat/completions', 'embeddings') for this provider."""
-        if self.provider == "azure":
-            if not model:
-                raise ConfigError(
-                    f"LLM profile {self.profile_name!r} (azure) needs a deployment name: set model= "
-                    "(chat) or embed_model= (embeddings) on the profile, or pass model="
-                )
-            version = self.profile.api_version or DEFAULT_AZURE_API_VERSION
-            return f"{self.base_url}/openai/deployments/{model}/{endpoint}", {"api-version": version}
-        return f"{self.base_url}/{endpoint}", {}
-
     def _model(self, model: str | None, *, embed: bool = False) -> str:
         chosen = model or (self.profile.embed_model if embed else self.profile.model)
         if not chosen:
@@ -266,6 +248,7 @@ class LLMService(BoundService):
             raise ConfigError(
                 f"LLM profile {self.profile_name!r} has no {field}: pass model=... or set "
                 f"AetherLLMProfile({field}='...')" + (" or AETHER_LLM_MODEL" if not embed else "")
+                + (" (for azure: the deployment name)" if self.provider == "azure" else "")
             )
         return chosen
 
@@ -291,15 +274,19 @@ class LLMService(BoundService):
         if res is not None:
             await self._budget.commit(res, usage)
 
-    async def _post_json(self, url: str, params: dict[str, str], body: dict[str, Any],
-                         extra_headers: dict[str, str] | None = None, *, auth: bool = True,
-                         method: str = "POST") -> httpx.Response:
-        """Send one request with retries (budget already reserved); the response is read."""
-        client = self._client()
-        request = client.build_request(
-            method, url, json=body, params=params or None, headers=self._headers(extra_headers, auth=auth),
+    def _request(self, client: httpx.AsyncClient, call: HttpCall, extra_headers: dict[str, str] | None = None,
+                 *, auth: bool = True, method: str = "POST") -> httpx.Request:
+        headers = {**call.headers, **(extra_headers or {})}
+        return client.build_request(
+            method, call.url, json=call.body, params=call.params or None, headers=self._headers(headers, auth=auth),
             timeout=httpx.Timeout(self.profile.timeout_s),
         )
+
+    async def _send(self, call: HttpCall, extra_headers: dict[str, str] | None = None, *, auth: bool = True,
+                    method: str = "POST") -> httpx.Response:
+        """Send one request with retries (budget already reserved); the response is read."""
+        client = self._client()
+        request = self._request(client, call, extra_headers, auth=auth, method=method)
         async with self._slot():
             return await llm_http.send(
                 request, client=client, max_retries=self.profile.max_retries, timeout_s=self.profile.timeout_s,
@@ -311,37 +298,32 @@ class LLMService(BoundService):
             return response.json()
         except ValueError:
             excerpt = llm_http.redact(response.text[:300], self._secret_list())
+            url = llm_http.redact(llm_http.mask_url(str(response.request.url.copy_with(query=None))),
+                                  self._secret_list())
             raise LLMError(
-                f"LLM reply from {response.request.url.copy_with(query=None)} is not JSON: {excerpt!r}. "
-                "Fix: check base_url points at an OpenAI-compatible API",
+                f"LLM reply from {url} is not JSON: {excerpt!r}. "
+                f"Fix: check base_url points at the {self.provider} API",
                 status=response.status_code,
             ) from None
 
     # -- chat -----------------------------------------------------------------------------------------------
 
-    def _chat_body(self, messages: list[dict[str, Any]], model: str, output_format: str,
+    def _chat_spec(self, messages: list[dict[str, Any]], model: str, output_format: str,
                    schema_spec: dict[str, Any] | None, max_output_tokens: int | None, tools: Any,
-                   tool_choice: Any, kw: dict[str, Any]) -> dict[str, Any]:
+                   tool_choice: Any, kw: dict[str, Any]) -> ChatSpec:
         reserved = sorted(set(kw) & _RESERVED_BODY_KEYS)
         if reserved:
             raise ValidationError(f"{reserved[0]!r} cannot be passed as an extra keyword; use the named parameters")
-        body: dict[str, Any] = {"messages": messages}
-        if self.provider != "azure":
-            body["model"] = model
-        if output_format == "json_object":
-            body["response_format"] = {"type": "json_object"}
-        elif output_format == "json_schema":
-            body["response_format"] = {"type": "json_schema", "json_schema": schema_spec}
         if max_output_tokens is not None:
             if isinstance(max_output_tokens, bool) or not isinstance(max_output_tokens, int) or max_output_tokens < 1:
                 raise ValidationError(f"max_output_tokens must be a positive int, got {max_output_tokens!r}")
-            body["max_tokens"] = max_output_tokens
-        if tools is not None:
-            body["tools"] = tools
-        if tool_choice is not None:
-            body["tool_choice"] = tool_choice
-        body.update(kw)
-        return body
+        if tools is not None and (not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools)):
+            raise ValidationError("tools must be a list of tool dicts, e.g. [{'type': 'function', 'function': "
+                                  "{'name': 'lookup', 'parameters': {'type': 'object'}}}]")
+        return ChatSpec(messages=messages, model=model, output_format=output_format, schema_spec=schema_spec,
+                        max_output_tokens=max_output_tokens if max_output_tokens is not None
+                        else self.profile.max_output_tokens,
+                        tools=tools, tool_choice=tool_choice, extra=dict(kw))
 
     async def chat(
         self,
@@ -356,11 +338,12 @@ class LLMService(BoundService):
         validation_retries: int = 0,
         **kw: Any,
     ) -> tuple[str, dict[str, int]]:
-        """Send a chat completion; return ``(text, usage)``.
+        """Send a chat request in the provider's wire format; return ``(text, usage)``.
 
         JSON modes check the reply (against ``json_schema`` when given) and, with ``validation_retries=N``,
-        re-ask up to N times with the problem appended; usage sums every attempt. The full reply (tool calls
-        included) is in ``self.last_response``.
+        re-ask up to N times with the problem appended; usage sums every attempt. Tools and tool calls use
+        OpenAI's shape for every provider: the calls are in ``self.last_tool_calls``, the provider's full reply
+        in ``self.last_response``.
 
         Example::
 
@@ -373,25 +356,30 @@ class LLMService(BoundService):
             raise ValidationError("output_format='json_schema' needs json_schema={...} (a JSON schema dict)")
         if isinstance(validation_retries, bool) or not isinstance(validation_retries, int) or validation_retries < 0:
             raise ValidationError(f"validation_retries must be an int >= 0, got {validation_retries!r}")
-        spec = _schema_spec(json_schema) if json_schema is not None else None
+        schema = _schema_spec(json_schema) if json_schema is not None else None
         model_name = self._model(model)
-        body = self._chat_body(msgs, model_name, output_format, spec, max_output_tokens, tools, tool_choice, kw)
-        url, params = self._endpoint("chat/completions", model_name)
+        spec = self._chat_spec(msgs, model_name, output_format, schema, max_output_tokens, tools, tool_choice, kw)
         total = Usage()
         attempt = 0
         while True:
+            call = self._adapter.chat_call(spec)
             res = await self._reserve()
-            response = await self._post_json(url, params, body)
+            response = await self._send(call)
             data = self._json_of(response)
-            usage = Usage.from_provider(data.get("usage") if isinstance(data, dict) else None)
-            await self._account(res, model_name, usage)
-            total = total + usage
+            try:
+                reply: ChatReply = self._adapter.chat_reply(data)
+            except LLMError:
+                await self._account(res, model_name, Usage())
+                raise
+            await self._account(res, model_name, reply.usage)
+            total = total + reply.usage
             self.last_response = data
-            text = _reply_text(data)
-            await self._log_exchange(body["messages"], text, usage, model_name)
+            self.last_tool_calls = reply.tool_calls
+            text = reply.text
+            await self._log_exchange(spec.messages, text, reply.usage, model_name)
             if output_format == "text":
                 return text, total.as_dict()
-            problem = _json_problem(text, spec["schema"] if spec else None)
+            problem = _json_problem(text, schema["schema"] if schema else None)
             if problem is None:
                 return text, total.as_dict()
             if attempt >= validation_retries:
@@ -403,9 +391,9 @@ class LLMService(BoundService):
                     excerpt=excerpt, attempts=attempt + 1,
                 )
             attempt += 1
-            body = {**body, "messages": [*body["messages"], {"role": "assistant", "content": text},
-                                         {"role": "user", "content": f"Your previous reply was rejected: {problem}. "
-                                          "Answer again with only valid JSON" + (" matching the schema." if spec else ".")}]}
+            spec.messages = [*spec.messages, {"role": "assistant", "content": text},
+                             {"role": "user", "content": f"Your previous reply was rejected: {problem}. "
+                              "Answer again with only valid JSON" + (" matching the schema." if schema else ".")}]
 
     async def chat_stream(
         self,
@@ -416,7 +404,7 @@ class LLMService(BoundService):
         max_output_tokens: int | None = None,
         **kw: Any,
     ) -> tuple[str, dict[str, int]]:
-        """Stream a chat completion over server-sent events; ``on_delta(text_piece)`` (sync or async) per piece.
+        """Stream a chat reply over server-sent events; ``on_delta(text_piece)`` (sync or async) per piece.
 
         Example::
 
@@ -424,15 +412,12 @@ class LLMService(BoundService):
         """
         msgs = _check_messages(messages)
         model_name = self._model(model)
-        body = self._chat_body(msgs, model_name, "text", None, max_output_tokens, kw.pop("tools", None),
+        spec = self._chat_spec(msgs, model_name, "text", None, max_output_tokens, kw.pop("tools", None),
                                kw.pop("tool_choice", None), kw)
-        body["stream"] = True
-        body.setdefault("stream_options", {"include_usage": True})
-        url, params = self._endpoint("chat/completions", model_name)
+        call = self._adapter.chat_call(spec, stream=True)
         res = await self._reserve()
         client = self._client()
-        request = client.build_request("POST", url, json=body, params=params or None, headers=self._headers(),
-                                       timeout=httpx.Timeout(self.profile.timeout_s))
+        request = self._request(client, call)
         pieces: list[str] = []
         raw_usage: Any = None
         async with self._slot():
@@ -441,7 +426,7 @@ class LLMService(BoundService):
                 profile=self.profile_name, secrets=self._secret_list(), stream=True,
             )
             try:
-                parser = _SSE()
+                parser = SSE()
                 async for line in response.aiter_lines():
                     payload = parser.feed(line.rstrip("\r"))
                     if payload is None:
@@ -449,25 +434,25 @@ class LLMService(BoundService):
                     if payload.strip() == "[DONE]":
                         break
                     try:
-                        event = json.loads(payload)
+                        data = json.loads(payload)
                     except ValueError:
                         continue
-                    if event.get("usage"):
-                        raw_usage = event["usage"]
-                    for choice in event.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            pieces.append(piece)
-                            if on_delta is not None:
-                                await maybe_await(on_delta(piece))
+                    event = self._adapter.stream_event(data)
+                    raw_usage = self._adapter.fold_usage(raw_usage, event.usage)
+                    if event.text:
+                        pieces.append(event.text)
+                        if on_delta is not None:
+                            await maybe_await(on_delta(event.text))
+                    if event.done:
+                        break
             except httpx.HTTPError as exc:
-                raise llm_http.transport_error(exc, url=url, profile=self.profile_name,
+                raise llm_http.transport_error(exc, url=call.url, profile=self.profile_name,
                                                timeout_s=self.profile.timeout_s, secrets=self._secret_list(),
                                                attempts=1) from None
             finally:
                 await response.aclose()
         text = "".join(pieces)
-        usage = Usage.from_provider(raw_usage)
+        usage = self._adapter.stream_usage(raw_usage)
         await self._account(res, model_name, usage)
         await self._log_exchange(msgs, text, usage, model_name)
         return text, usage.as_dict()
@@ -478,6 +463,8 @@ class LLMService(BoundService):
                     batch_size: int = EMBED_BATCH) -> list[list[float]]:
         """Embed ``texts`` (batched, one budgeted call per batch); vectors in the order of ``texts``.
 
+        A provider without embeddings (Anthropic, DeepSeek) uses the profile named by ``embed_profile``.
+
         Example::
 
             vectors = await context.llm().embed(["first text", "second text"])
@@ -487,26 +474,35 @@ class LLMService(BoundService):
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
             raise ValidationError(f"texts[{bad}] must be a str, got {type(texts[bad]).__name__}")
+        if not self._adapter.embeddings:
+            if self.profile.embed_profile and self.profile.embed_profile != self.profile_name:
+                delegate = self.ctx.llm(self.profile.embed_profile)
+                return await delegate.embed(texts, model=model, batch_size=batch_size)  # type: ignore[no-any-return]
+            raise ServiceNotConfigured(
+                f"Embeddings for LLM profile {self.profile_name!r} (provider {self.provider}, which has no "
+                "embeddings API)",
+                block_type="AetherLLMProfile",
+                how=(f"name an embedding profile: AetherLLMProfile(provider={self.provider!r}, ..., "
+                     "embed_profile='embed') with AetherConfig(llm={'embed': AetherLLMProfile(provider='openai', "
+                     "embed_model='text-embedding-3-small', ...)})"),
+            )
         if not texts:
             return []
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValidationError(f"batch_size must be a positive int, got {batch_size!r}")
         model_name = self._model(model, embed=True)
-        url, params = self._endpoint("embeddings", model_name)
         batches = [list(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)]
 
         async def one(batch: list[str]) -> list[list[float]]:
             res = await self._reserve()
-            body: dict[str, Any] = {"input": batch}
-            if self.provider != "azure":
-                body["model"] = model_name
-            data = self._json_of(await self._post_json(url, params, body))
-            await self._account(res, model_name, Usage.from_provider(data.get("usage")))
-            items = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
-            if len(items) != len(batch):
-                raise LLMError(f"embeddings reply has {len(items)} vectors for {len(batch)} inputs; "
-                               "Fix: check the embed_model and base_url of the profile")
-            return [list(map(float, d["embedding"])) for d in items]
+            data = self._json_of(await self._send(self._adapter.embed_call(batch, model_name)))
+            try:
+                vectors, usage = self._adapter.embed_reply(data, len(batch))
+            except LLMError:
+                await self._account(res, model_name, Usage())
+                raise
+            await self._account(res, model_name, usage)
+            return vectors
 
         results = await asyncio.gather(*(one(b) for b in batches))
         return [v for part in results for v in part]
@@ -523,8 +519,8 @@ class LLMService(BoundService):
     ) -> Any:
         """Send a verbatim request to ``base_url + path`` (or ``url``); return the JSON reply (or text).
 
-        The profile's key is sent only to the profile's own origin. Counts as a call for budgets; usage in the
-        reply, if any, is added to the task run's table.
+        The profile's key (in the provider's header) is sent only to the profile's own origin. Counts as a call
+        for budgets; usage in the reply, if any, is added to the task run's table.
 
         Example::
 
@@ -534,11 +530,11 @@ class LLMService(BoundService):
             raise ValidationError("raw() needs exactly one of path='/models' (relative to base_url) or url='https://...'")
         target = url if url is not None else f"{self.base_url}/{str(path).lstrip('/')}"
         if not target.startswith(("http://", "https://")):
-            raise ValidationError(f"url must start with http:// or https://, got {target!r}")
+            raise ValidationError(f"url must start with http:// or https://, got {llm_http.mask_url(target)!r}")
         same_origin = urlsplit(target)[:2] == urlsplit(self.base_url)[:2]
         res = await self._reserve()
-        response = await self._post_json(target, dict(params or {}), json, headers, auth=same_origin,
-                                          method=method.upper())
+        response = await self._send(HttpCall(target, json, dict(params or {})), headers, auth=same_origin,
+                                    method=method.upper())
         try:
             data: Any = response.json()
         except ValueError:
@@ -552,10 +548,6 @@ class LLMService(BoundService):
     def usage(self) -> list[UsageRow]:
         """Calls and tokens of this task run so far, per profile and model (all profiles of the context)."""
         return tracker(self.ctx).rows()
-
-    def usage_totals(self) -> UsageRow:
-        """This task run's calls and tokens summed over profiles and models."""
-        return tracker(self.ctx).totals()
 
     async def _log_exchange(self, messages: list[dict[str, Any]], reply: str, usage: Usage, model: str) -> None:
         """With ``log_exchanges``: one markdown artifact per exchange in the run, messages cut, secrets masked."""

@@ -1,8 +1,10 @@
 """HTTP plumbing of the LLM service: one pooled httpx.AsyncClient per process and event loop, retries, typed errors.
 
-Retries on 429/500/502/503/504 and connection errors, with exponential backoff and jitter, honouring
-``Retry-After`` (seconds or an HTTP date) and ``retry-after-ms``. Other 4xx fail at once. Error messages
-carry the status and the provider's message, with every known secret masked.
+Retries on 429/500/502/503/504, Anthropic's 529 ``overloaded_error``, any error body whose type or status says
+overloaded or rate-limited (Gemini's ``RESOURCE_EXHAUSTED``/``UNAVAILABLE``) and connection errors, with
+exponential backoff and jitter, honouring ``Retry-After`` (seconds or an HTTP date) and ``retry-after-ms``.
+Other 4xx fail at once. Error messages carry the status and the provider's message, with every known secret
+and any ``user:pass@`` of a URL masked.
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from aether_prefect.errors import LLMError
 
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+#: Error ``type`` (Anthropic, OpenAI) or ``status`` (Google) values retried whatever the HTTP status.
+RETRY_ERROR_KINDS = frozenset({"overloaded_error", "rate_limit_error", "RESOURCE_EXHAUSTED", "UNAVAILABLE"})
 #: Connection failures worth retrying (the request never reached, or lost, the server).
 RETRY_TRANSPORT_ERRORS = (httpx.NetworkError, httpx.ConnectTimeout, httpx.RemoteProtocolError)
 #: First backoff step in seconds (doubled per retry, with jitter); tests may lower it.
@@ -62,6 +67,29 @@ def pooled_client(transport: httpx.AsyncBaseTransport | None = None) -> httpx.As
         client._aether_pid = os.getpid()  # type: ignore[attr-defined]
         per_loop[key] = client
         return client
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any ``user:pass@`` part replaced by ``***@`` (for reprs and messages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{MASK}@{parts.netloc.rsplit('@', 1)[1]}"))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The user info of ``url`` (``user:pass`` and the password alone), to mask wherever it might show."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return []
+    if "@" not in parts.netloc:
+        return []
+    info = parts.netloc.rsplit("@", 1)[0]
+    return [s for s in (info, parts.password or "") if s]
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
@@ -119,11 +147,30 @@ def provider_message(response: httpx.Response, body: bytes) -> str:
     return ""
 
 
+def error_kind(body: bytes) -> str:
+    """The provider's error type/status (``overloaded_error``, ``RESOURCE_EXHAUSTED``...), else ''."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return ""
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("status") or err.get("type") or "")
+    return ""
+
+
+def retryable(status: int, body: bytes) -> bool:
+    """Whether an error response is worth another attempt (rate limits, overload, server errors)."""
+    return status in RETRY_STATUSES or (status >= 400 and error_kind(body) in RETRY_ERROR_KINDS)
+
+
 def _hint(status: int, profile: str) -> str:
     if status in (401, 403):
         return f"check the api_key of LLM profile {profile!r} (AetherLLMProfile.api_key)"
     if status == 404:
         return f"check base_url, model and (for Azure) api_version of LLM profile {profile!r}"
+    if status == 529:
+        return "the provider is overloaded even after retries: try again later or raise max_retries"
     if status == 429:
         return "rate limited even after retries: raise max_retries on the profile or send fewer requests"
     if status >= 500:
@@ -137,7 +184,7 @@ def http_error(response: httpx.Response, body: bytes, *, profile: str, secrets: 
     secrets = list(secrets)
     message = redact(provider_message(response, body), secrets)
     excerpt = redact(body[:EXCERPT_CHARS].decode("utf-8", "replace"), secrets)
-    url = redact(str(response.request.url.copy_with(query=None)), secrets)
+    url = redact(mask_url(str(response.request.url.copy_with(query=None))), secrets)
     text = (
         f"LLM request {response.request.method} {url} failed with HTTP {response.status_code}"
         + (f" after {attempts} attempts" if attempts > 1 else "")
@@ -153,7 +200,7 @@ def http_error(response: httpx.Response, body: bytes, *, profile: str, secrets: 
 def transport_error(exc: httpx.HTTPError, *, url: str, profile: str, timeout_s: float, secrets: Iterable[str],
                     attempts: int) -> LLMError:
     """A typed LLMError (status None) for a timeout or connection failure; secrets masked."""
-    url = redact(url, secrets)
+    url = redact(mask_url(url), secrets)
     if isinstance(exc, httpx.TimeoutException):
         text = (f"LLM request to {url} timed out after {timeout_s:g}s ({type(exc).__name__}, {attempts} attempt(s)). "
                 f"Fix: raise timeout_s of LLM profile {profile!r} or ask for a shorter reply")
@@ -191,7 +238,7 @@ async def send(
             return response
         body = await response.aread()
         await response.aclose()
-        if response.status_code in RETRY_STATUSES and attempt < max_retries:
+        if attempt < max_retries and retryable(response.status_code, body):
             await asyncio.sleep(backoff_s(attempt, response))
             attempt += 1
             continue
