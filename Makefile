@@ -12,7 +12,7 @@ OLD_PY     = $(OLD_VENV)/bin/python
 OLD_STAMP  = $(OLD_VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-prefect-oldest test-prefect-matrix bench cluster cluster-stop cluster-clean scale-test clean
+.PHONY: chromium demo test test-prefect-oldest test-prefect-matrix bench cluster cluster-stop cluster-clean scale-test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) flows/data_prep.py
 
-test: $(STAMP)
+# Debian's chromium for the channel's browser test only (idempotent; skipped with a reason where it cannot install).
+chromium:
+	bash ci/install-chromium.sh
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 $(OLD_STAMP): pyproject.toml ci/prefect-oldest.txt
@@ -34,7 +38,7 @@ $(OLD_STAMP): pyproject.toml ci/prefect-oldest.txt
 	touch $(OLD_STAMP)
 
 # The suite on the oldest supported Prefect minor (3.6).
-test-prefect-oldest: $(OLD_STAMP)
+test-prefect-oldest: $(OLD_STAMP) chromium
 	$(OLD_PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # Newest and oldest, one after the other (CI).

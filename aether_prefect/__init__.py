@@ -12,6 +12,7 @@ from aether_prefect.errors import (
     ArtifactNotFound,
     ChannelError,
     ChannelTimeout,
+    ChannelValidationError,
     ConfigError,
     IntegrityError,
     KVError,
@@ -24,6 +25,7 @@ from aether_prefect.errors import (
     RAGError,
     RAGValidationError,
     ServerError,
+    QuestionNotWaiting,
     ServiceNotConfigured,
     StoreError,
     ValidationError,
@@ -32,7 +34,7 @@ from aether_prefect.server import ServerInfo, running_servers, start_server, sto
 from aether_prefect.services.artifacts._index import Artifact
 from aether_prefect.services.artifacts import ArtifactsService
 from aether_prefect.services.base import Service, register_context_service, shutdown_services
-from aether_prefect.services.channel import ChannelService
+from aether_prefect.services.channel import ChannelService, ChoiceResult, PendingQuestion, answer, pending_questions
 from aether_prefect.services.kv import PrefectKV
 from aether_prefect.services.llm import LLMService
 from aether_prefect.services.llm._usage import UsageRow, publish_flow_usage, read_flow_usage
@@ -47,6 +49,8 @@ from aether_prefect.task import aether_flow, aether_task
 __version__ = "0.1.0"
 
 __all__ = [
+    "answer",
+    "pending_questions",
     "AetherConfig",
     "AetherError",
     "AetherLLMProfile",
@@ -59,6 +63,8 @@ __all__ = [
     "ChannelError",
     "ChannelService",
     "ChannelTimeout",
+    "ChannelValidationError",
+    "ChoiceResult",
     "ConfigError",
     "CorpusStats",
     "DocInfo",
@@ -78,6 +84,8 @@ __all__ = [
     "MemoryService",
     "MemoryValidationError",
     "NodeContext",
+    "PendingQuestion",
+    "QuestionNotWaiting",
     "ObjectStore",
     "PrefectKV",
     "RAGError",

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from prefect.blocks.core import Block
 from prefect.types import SecretDict
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_serializer, field_validator, model_validator
 
 from aether_prefect.budgets import LLMBudget
 
@@ -245,6 +245,14 @@ config = AetherConfig.load("BLOCK_NAME")
     memory_level: Literal["run", "session", "graph"] = Field(
         default="run", description="Memory timeline: per run, per session, or per graph (flow name)."
     )
+    notify: list[Any] = Field(
+        default_factory=list,
+        description=(
+            "Where the channel announces questions: Prefect notification blocks (SlackWebhook, MicrosoftTeamsWebhook, "
+            "CustomWebhookNotificationBlock, any NotificationBlock), by saved name 'slack-webhook/ops' "
+            "(what a saved AetherConfig holds) or as instances in code."
+        ),
+    )
 
     @field_validator("kv_namespace")
     @classmethod
@@ -256,6 +264,30 @@ config = AetherConfig.load("BLOCK_NAME")
                 f"kv_namespace {v!r} is not valid: use 1-40 characters of a-z, 0-9 and '-', starting with a letter or digit"
             )
         return v
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _check_notify(cls, v: Any) -> list[Any]:
+        from aether_prefect._prefect._notify import is_notification_block
+
+        items = [] if v is None else (list(v) if isinstance(v, (list, tuple)) else [v])
+        for item in items:
+            if isinstance(item, str):
+                if item.count("/") != 1 or not all(item.split("/")):
+                    raise ValueError(
+                        f"notify entry {item!r} is not a saved block name: use '<block-type-slug>/<name>', "
+                        "e.g. 'slack-webhook/ops' (see `prefect block ls`)"
+                    )
+            elif not is_notification_block(item):
+                raise ValueError(
+                    f"notify entries must be Prefect notification blocks or their saved names, got {type(item).__name__}"
+                )
+        return items
+
+    @field_serializer("notify")
+    def _dump_notify(self, v: list[Any]) -> list[str]:
+        """Names as they are; an instance as its type only (its URL and secrets never leave the process)."""
+        return [x if isinstance(x, str) else f"<{type(x).__name__} instance: save it and use its name>" for x in v]
 
     @field_validator("llm", "mcp")
     @classmethod

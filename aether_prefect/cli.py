@@ -1,4 +1,5 @@
-"""The ``aether-prefect`` command: register blocks, show config (secrets masked), check services, run a server."""
+"""The ``aether-prefect`` command: register blocks, show config (secrets masked), check services, run a server,
+list and answer the questions flow runs wait on."""
 
 from __future__ import annotations
 
@@ -156,6 +157,40 @@ def cmd_server_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pending(args: argparse.Namespace) -> int:
+    """List every question waiting on the server: flow run, task, prompt, options, asked at, times out at, UI link."""
+    from aether_prefect.services.channel import pending_questions
+
+    questions = pending_questions(args.flow_run)
+    if args.json:
+        print(json.dumps([q.model_dump(mode="json") for q in questions], indent=2))
+        return 0
+    if not questions:
+        print("no question is waiting")
+        return 0
+    for q in questions:
+        where = " / ".join(x for x in (q.flow_name, q.flow_run_name, q.task_name) if x)
+        print(f"{q.flow_run_id}  {where}  [{q.kind}{', several' if q.multiple else ''}]" + ("  (shown in the UI)" if q.showing else ""))
+        print(f"  question {q.question_id}: {q.prompt}")
+        if q.options:
+            print("  options: " + ", ".join(o.label if o.label == o.id else f"{o.label} ({o.id})" for o in q.options))
+        print(f"  asked {q.asked_at.isoformat(timespec='seconds')}, times out {q.timeout_at.isoformat(timespec='seconds')}")
+        print(f"  {q.ui_url or '(no UI URL)'}")
+    return 0
+
+
+def cmd_answer(args: argparse.Namespace) -> int:
+    """Answer the question a flow run waits on (exit 2 with one clear line if it does not fit or is not waiting)."""
+    from aether_prefect.services.channel import answer
+
+    approve = True if args.approve else (False if args.reject else None)
+    choice = None if not args.choice else (args.choice[0] if len(args.choice) == 1 else args.choice)
+    q = answer(args.flow_run_id, text=args.text, choice=choice, approve=approve, reason=args.reason,
+               question_id=args.question)
+    print(f"answered question {q.question_id} of flow run {q.flow_run_id}: {q.prompt}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aether-prefect", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     stop = server.add_parser("stop", help="stop the server started by `server start`")
     stop.add_argument("--port", type=int, default=4200)
     stop.set_defaults(fn=cmd_server_stop)
+
+    pending = sub.add_parser("pending", help="list the questions waiting for a person, across flow runs")
+    pending.add_argument("--flow-run", default=None, help="only this flow run's questions")
+    pending.add_argument("--json", action="store_true", help="print JSON")
+    pending.set_defaults(fn=cmd_pending)
+    ans = sub.add_parser("answer", help="answer the question a flow run waits on")
+    ans.add_argument("flow_run_id")
+    kind = ans.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--text", help="a text answer (ask_text)")
+    kind.add_argument("--choice", action="append", help="an option's id or label (ask_choices / ask_approval); repeat to pick several")
+    kind.add_argument("--approve", action="store_true", help="approve (ask_approval)")
+    kind.add_argument("--reject", action="store_true", help="reject (ask_approval)")
+    ans.add_argument("--reason", default=None, help="why (ask_approval)")
+    ans.add_argument("--question", default=None, help="the question id, when the run waits on several (see `pending`)")
+    ans.set_defaults(fn=cmd_answer)
     return parser
 
 

@@ -213,9 +213,10 @@ class NodeContext:
 
     mem = memory
 
-    def channel(self) -> Any:
-        """Messages to the run log, and questions answered in the Prefect UI."""
-        return self._service("channel", lambda: _create("channel", self), injected=self.overrides.channel)
+    def channel(self, channel_key: str | None = None) -> Any:
+        """Messages to the run log, and questions answered in the Prefect UI (``channel("console")``: the terminal)."""
+        key = "channel" if channel_key is None else ("channel", channel_key)
+        return self._service(key, lambda: _create("channel", self, channel_key), injected=self.overrides.channel)
 
     def llm_profile(self, profile: str = "default") -> AetherLLMProfile | None:
         """The profile ``profile`` as this context sees it: llm_set_key > llm= override > config > environment."""

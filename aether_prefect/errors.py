@@ -100,5 +100,13 @@ class ChannelTimeout(ChannelError, TimeoutError):
     """Nobody answered a question in time."""
 
 
+class ChannelValidationError(ValidationError, ChannelError):
+    """An answer that does not fit its question (wrong kind, not an option, several questions and none picked)."""
+
+
+class QuestionNotWaiting(ChannelError):
+    """The question (or flow run) answered is not waiting: already answered, timed out, closed, or unknown."""
+
+
 class ServerError(AetherError, RuntimeError):
     """A local Prefect server could not be started or stopped (see the log path in the message)."""

@@ -17,11 +17,13 @@ PUBLIC = {
     "ArtifactsService", "Artifact", "PrefectKV", "MemoryService", "MemoryEvent", "LLMService", "UsageRow",
     "publish_flow_usage", "read_flow_usage", "RAGService", "RagHit", "CorpusStats", "DocInfo", "UpsertResult",
     "MCPClient", "MCPTool", "MCPResource", "ChannelService", "ObjectStore",
+    # the channel's answers and inbox
+    "ChoiceResult", "PendingQuestion", "pending_questions", "answer",
     # errors
     "AetherError", "ServiceNotConfigured", "ConfigError", "ValidationError", "StoreError", "IntegrityError",
     "ArtifactNotFound", "KVError", "KVValidationError", "AetherMemoryError", "MemoryValidationError", "LLMError",
     "LLMInvalidOutput", "LLMBudgetExceeded", "RAGError", "RAGValidationError", "MCPError", "ChannelError",
-    "ChannelTimeout", "ServerError",
+    "ChannelTimeout", "ChannelValidationError", "QuestionNotWaiting", "ServerError",
 }
 
 

@@ -21,47 +21,11 @@ from prefect.input import keyset_from_paused_state, read_flow_run_input
 
 from aether_prefect import NodeContext, aether_task, open_session
 from aether_prefect.errors import ChannelError, ChannelTimeout, ValidationError
+from tests.services.channel._helpers import Background, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
 FLOW_RUNS: dict[str, str] = {}  # token -> flow run id, written by the task before it asks
-
-
-class Background:
-    """Runs a flow in a thread (it blocks while paused), keeps its result or error."""
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(fn, *args), daemon=True)
-        self.thread.start()
-
-    def _run(self, fn: Callable[..., Any], *args: Any) -> None:
-        try:
-            self.result = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - reported by join()
-            self.error = exc
-
-    def join(self, timeout: float = 90) -> Any:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "flow did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-def wait_for(fn: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = fn()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
 
 
 def paused_question(token: str) -> tuple[str, dict[str, Any], str]:

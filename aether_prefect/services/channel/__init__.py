@@ -1,0 +1,343 @@
+"""context.channel(): messages to the run's log, and questions a person answers in the Prefect UI or the inbox.
+
+``send_*`` write to the run log (and memory); ``ask_*`` keep the question in its own flow run input and pause
+the flow run with a typed form (the UI shows it; several questions of one run take turns), so a person answers
+in the UI, with ``aether-prefect answer`` or :func:`answer`, and the task that asked resumes with the answer.
+Outside a run, or with only Prefect's in-process ephemeral server (which no UI can reach), questions go to the
+console when stdin is a terminal. ``context.channel("console")`` always uses the console.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from aether_prefect.errors import ChannelError, ValidationError
+from aether_prefect.services.base import BoundService
+from aether_prefect.services.channel import _console, _notify, _questions
+from aether_prefect.services.channel._inbox import PendingQuestion, aanswer, answer, apending_questions, pending_questions
+from aether_prefect.services.channel._forms import (
+    ChoiceResult,
+    Kind,
+    Option,
+    TextAnswer,
+    approval_result,
+    build_options,
+    check_options,
+    check_prompt,
+    check_timeout,
+    choice_result,
+    short,
+)
+
+if TYPE_CHECKING:
+    from aether_prefect.context import NodeContext
+
+_POLL_S = 1.0  # how often a waiting task checks for its answer (Prefect's own pause polls every 10 s)
+
+Route = Literal["pause", "console"]
+_UI_KEYS = {"ui", "prefect", "prefect:ui", "web", "web:chat"}
+_CONSOLE_KEYS = {"console", "console:stdin", "console:stdout"}
+
+
+def _check_key(channel_key: Any) -> str | None:
+    """A channel key as AetherGraph spells it: None (the default: Prefect UI), ``"ui"``, ``"console[:stdin]"``."""
+    if channel_key is None:
+        return None
+    if not isinstance(channel_key, str) or not channel_key.strip():
+        raise ValidationError(f"channel key must be a non-empty str or None, got {channel_key!r}")
+    key = channel_key.strip()
+    if key.lower() in _UI_KEYS | _CONSOLE_KEYS | {"notify"}:
+        return key.lower()
+    if key.startswith("notify:") and key.count("/") == 1 and all(key[len("notify:"):].split("/")):
+        return key
+    raise ValidationError(
+        f"unknown channel {key!r}: use None or 'ui' (the Prefect UI, plus AetherConfig.notify; the default), "
+        "'console' (the terminal), 'notify' (the UI, announced through AetherConfig.notify) or "
+        "'notify:<block-type-slug>/<name>' (the UI, announced through that saved notification block)"
+    )
+
+
+class ChannelService(BoundService):
+    """AetherGraph's channel on Prefect: the run log for messages, keyed questions answered in the UI or the inbox.
+
+    >>> await context.channel().send_text("training started")
+    >>> name = await context.channel().ask_text("Which dataset?")          # answered in the UI
+    >>> ok = await context.channel().ask_approval("Deploy?")              # {"approved": True, "choice": "Approve", "reason": None}
+    >>> r = await context.channel().ask_choices("Mode?", ["Safe", "Fast"])  # ChoiceResult(choice="Safe", ...)
+    >>> context.channel().sync.ask_text("Which dataset?")                 # same, from a sync task
+    """
+
+    def __init__(self, ctx: "NodeContext", channel_key: str | None = None) -> None:
+        super().__init__(ctx)
+        self.channel_key = _check_key(channel_key)
+
+    # -- messages -------------------------------------------------------------
+
+    async def send_text(self, text: str, *, meta: Mapping[str, Any] | None = None, notify: bool = False) -> None:
+        """Write ``text`` as a line of the run's log (visible in the UI) and a ``chat.turn`` (assistant) in memory.
+
+        ``meta`` goes with the log record (``extra={"channel_meta": meta}``). ``notify=True`` also sends it
+        (secrets masked) through the configured notification blocks; a failed notification is only logged.
+
+        >>> await context.channel().send_text("nightly run done", notify=True)
+        """
+        if not isinstance(text, str):
+            raise ValidationError(f"text must be a str, got {type(text).__name__}; format it first, e.g. str(value)")
+        if meta is not None and not isinstance(meta, Mapping):
+            raise ValidationError(f"meta must be a mapping or None, got {type(meta).__name__}")
+        self.ctx.logger().info(text, extra={"channel_meta": dict(meta) if meta else None})
+        if notify:
+            await self._announce_message(text)
+        await self._remember("assistant", text)
+
+    async def send_rich(self, text: str, *, title: str | None = None) -> str | None:
+        """Publish markdown ``text`` as a markdown artifact of the current run; returns its id (None outside a run).
+
+        Outside a run the text goes to the log instead. Also recorded in memory like ``send_text``.
+        """
+        if not isinstance(text, str):
+            raise ValidationError(f"text must be a markdown str, got {type(text).__name__}")
+        artifact_id: str | None = None
+        if self._in_flow_run():
+            from aether_prefect._prefect import artifacts as prefect_artifacts
+            from aether_prefect._prefect import current_run_ids
+
+            ids = current_run_ids()
+            artifact_id = await prefect_artifacts.create_artifact(
+                type="markdown", data=text, description=title or "channel message",
+                flow_run_id=ids.flow_run_id, task_run_id=ids.task_run_id,
+            )
+            self.ctx.logger().info(f"{title or 'message'}: published as a markdown artifact ({artifact_id})")
+        else:
+            self.ctx.logger().info(f"{title}\n{text}" if title else text)
+        await self._remember("assistant", text)
+        return artifact_id
+
+    async def send_file(self, file: str | Path | Any, *, name: str | None = None, title: str | None = None) -> Any:
+        """Share a file: a path is saved with ``context.artifacts()`` (published in the run); logs a link to it.
+
+        ``file`` may also be an ``Artifact`` already saved. Returns the Artifact.
+        """
+        if isinstance(file, (str, Path)):
+            path = Path(file)
+            if not path.is_file():
+                raise ValidationError(f"send_file needs an existing file, {str(path)!r} is not one")
+            artifact = await self.ctx.artifacts().save_file(str(path), kind="file", name=name or path.name)
+        elif hasattr(file, "uri") and hasattr(file, "artifact_id"):
+            artifact = file
+        else:
+            raise ValidationError(f"file must be a path or an Artifact from context.artifacts(), got {type(file).__name__}")
+        label = title or name or getattr(artifact, "name", None) or artifact.artifact_id
+        line = f"{label}: {artifact.uri}"
+        self.ctx.logger().info(line)
+        await self._remember("assistant", line)
+        return artifact
+
+    # -- questions ------------------------------------------------------------
+
+    async def ask_text(self, prompt: str, *, timeout_s: float = 3600, channel: str | None = None) -> str:
+        """Ask a person ``prompt`` and return the text they answer.
+
+        In a flow run: the flow run's page in the Prefect UI shows a form (or answer it with
+        ``aether-prefect answer RUN_ID --text ...``). Outside a run: the console, if stdin is a terminal.
+        ChannelTimeout after ``timeout_s``.
+
+        >>> name = await context.channel().ask_text("Which dataset?", timeout_s=600)
+        """
+        prompt = check_prompt(prompt)
+        timeout = check_timeout(timeout_s)
+        route = self._route(prompt, channel)
+        await self._remember("assistant", prompt)
+        if route == "pause":
+            answer = str((await self._ask("text", prompt, timeout, channel=channel))["answer"])
+        else:
+            deadline = time.monotonic() + timeout
+            answer = await _console.read_line(f"{prompt}\n> ", prompt, deadline, timeout)
+        await self._remember("user", answer)
+        return answer
+
+    async def ask_approval(
+        self, prompt: str, options: Sequence[str] = ("Approve", "Reject"), *, timeout_s: float = 3600,
+        channel: str | None = None,
+    ) -> dict[str, Any]:
+        """Ask a person to pick one of ``options``, with an optional reason.
+
+        Returns ``{"approved": choice == options[0], "choice": choice, "reason": str | None}``.
+
+        >>> ok = await context.channel().ask_approval("Deploy?")   # {"approved": False, "choice": "Reject", "reason": "tests red"}
+        """
+        prompt = check_prompt(prompt)
+        opts = check_options(options)
+        timeout = check_timeout(timeout_s)
+        route = self._route(prompt, channel)
+        await self._remember("assistant", f"{prompt} [{' / '.join(opts)}]")
+        if route == "pause":
+            result = approval_result(opts, await self._ask("approval", prompt, timeout, [Option(id=o, label=o) for o in opts], channel=channel))
+        else:
+            deadline = time.monotonic() + timeout
+            choice = (await self._console_pick(prompt, [Option(id=o, label=o) for o in opts], deadline, timeout))[0].id
+            result = {"approved": choice == opts[0], "choice": choice, "reason": None}
+        await self._remember("user", result["choice"] + (f" ({result['reason']})" if result["reason"] else ""))
+        return result
+
+    async def ask_choices(
+        self, prompt: str, options: Sequence[Any], *, timeout_s: float = 3600, channel: str | None = None,
+        multiple: bool = False,
+    ) -> ChoiceResult:
+        """Ask a person to pick one option (several with ``multiple=True``); AetherGraph's ``ChoiceResult`` back.
+
+        ``options`` are str or ``{"id", "label"}`` dicts; the UI shows the labels in a select (a multi-select
+        with ``multiple=True``), the result carries the id (``choice``), the label and an optional comment.
+
+        >>> r = await context.channel().ask_choices("Mode?", [{"id": "safe", "label": "Safe"}, "Fast"])
+        >>> r.choice, r.choice_label, r.matched                          # ("safe", "Safe", True)
+        """
+        prompt = check_prompt(prompt)
+        opts = build_options(options)
+        timeout = check_timeout(timeout_s)
+        if not isinstance(multiple, bool):
+            raise ValidationError(f"multiple must be a bool, got {multiple!r}")
+        route = self._route(prompt, channel)
+        await self._remember("assistant", f"{prompt} [{' / '.join(o.label for o in opts)}]")
+        if route == "pause":
+            result = choice_result(opts, multiple, await self._ask("choices", prompt, timeout, opts, multiple, channel=channel))
+        else:
+            deadline = time.monotonic() + timeout
+            picked = await self._console_pick(prompt, opts, deadline, timeout, multiple=multiple)
+            key = "choices" if multiple else "choice"
+            result = choice_result(opts, multiple, {key: [o.label for o in picked] if multiple else picked[0].label})
+        await self._remember("user", "Selected: " + ", ".join(result.choices) + (f" | Text: {result.text}" if result.text else ""))
+        return result
+
+    # -- plumbing -------------------------------------------------------------
+
+    @staticmethod
+    def _in_flow_run() -> bool:
+        from aether_prefect._prefect import in_flow_run
+
+        return in_flow_run()
+
+    def _route(self, prompt: str, channel: str | None = None) -> Route:
+        """Where a question goes: the flow run's pause form, or the console; ChannelError if nowhere. No I/O."""
+        from aether_prefect._prefect import api_url
+
+        key = _check_key(channel) if channel is not None else self.channel_key
+        if key in _CONSOLE_KEYS:
+            if not _console.stdin_is_tty():
+                raise ChannelError(f"cannot ask {short(prompt)!r} on the console: stdin is not a terminal")
+            return "console"
+        in_run = self._in_flow_run()
+        if in_run and api_url():
+            return "pause"
+        if key is None and _console.stdin_is_tty():
+            return "console"
+        if in_run:
+            raise ChannelError(
+                f"cannot ask {short(prompt)!r}: this flow run talks to Prefect's in-process ephemeral server "
+                "(PREFECT_API_URL is not set), which no UI can reach, and stdin is not a terminal. "
+                "Call aether_prefect.start_server() first, run `aether-prefect server start`, "
+                "or set PREFECT_API_URL to a running Prefect server"
+            )
+        if self.ctx.flow_run_id:
+            raise ChannelError(
+                f"cannot ask {short(prompt)!r}: this worker has no Prefect flow run context for flow run "
+                f"{self.ctx.flow_run_id}, so Prefect cannot pause it (and stdin is not a terminal). Ask from the "
+                "flow, or from a task on a thread-pool or process-pool task runner, which carry that context"
+            )
+        raise ChannelError(
+            f"cannot ask {short(prompt)!r}: a question needs a Prefect flow run (answered in the Prefect UI) "
+            "or a terminal on stdin; call it inside a @flow / @aether_task, or run the script from a terminal"
+        )
+
+    async def _ask(
+        self, kind: Kind, prompt: str, timeout: float, options: Sequence[Option] = (), multiple: bool = False,
+        *, channel: str | None = None,
+    ) -> dict[str, Any]:
+        """Ask in the current flow run and wait for the answer's form fields; ChannelTimeout after ``timeout``."""
+        from aether_prefect._prefect import current_run_ids, flow_run_ui_url
+
+        ids = current_run_ids()
+        if not ids.flow_run_id:  # pragma: no cover - _route checked it
+            raise ChannelError(f"cannot ask {short(prompt)!r}: no flow run")
+        q = _questions.new_question(
+            ids.flow_run_id, kind, prompt, timeout, options=options, multiple=multiple,
+            flow_name=ids.flow_name, flow_run_name=ids.flow_run_name, task_name=ids.task_name,
+            task_run_id=ids.task_run_id, ui_url=flow_run_ui_url(ids.flow_run_id),
+        )
+        self.ctx.logger().info(
+            f"waiting for an answer to {short(prompt)!r} (question {q.qid}): in the Prefect UI "
+            f"({q.ui_url or 'no UI URL'}) or `aether-prefect answer {q.flow_run_id}`"
+        )
+
+        async def announce(q: _questions.Question) -> None:
+            await self._announce_question(q, channel)
+
+        return await _questions.ask(q, poll_s=_POLL_S, on_asked=announce)
+
+    def _notify_targets(self, channel: str | None = None) -> list[Any]:
+        """The notification blocks a question or message goes through: the key's block, else AetherConfig.notify."""
+        key = _check_key(channel) if channel is not None else self.channel_key
+        if key is not None and key.startswith("notify:"):
+            return [key[len("notify:"):]]
+        return list(self.ctx.config.notify)
+
+    async def _announce_question(self, q: _questions.Question, channel: str | None) -> None:
+        targets = self._notify_targets(channel)
+        if targets:
+            subject, body = _notify.question_text(q, self.ctx)
+            await _notify.send_all(targets, subject, body, self.ctx.logger())
+
+    async def _announce_message(self, text: str) -> None:
+        from aether_prefect._prefect import current_run_ids, flow_run_ui_url
+
+        targets = self._notify_targets()
+        if not targets:
+            self.ctx.logger().warning("send_text(notify=True): no notification block configured (AetherConfig.notify)")
+            return
+        ids = current_run_ids()
+        where = " / ".join(x for x in (ids.flow_name, ids.flow_run_name, ids.task_name) if x) or "aether-prefect"
+        body = _notify.mask_secrets(text, self.ctx)
+        link = flow_run_ui_url(ids.flow_run_id) if ids.flow_run_id else None
+        await _notify.send_all(targets, f"Message from {where}", body + (f"\n{link}" if link else ""), self.ctx.logger())
+
+    async def _console_pick(
+        self, prompt: str, opts: Sequence[Option], deadline: float, timeout: float, *, multiple: bool = False
+    ) -> list[Option]:
+        """Ask on the terminal until the answer names options (by number, id or label, any case; commas if multiple)."""
+        menu = "\n".join(f"  {i}. {o.label}" for i, o in enumerate(opts, 1))
+        hint = " (several: comma-separated)" if multiple else ""
+        fresh = True
+        while True:
+            raw = await _console.read_line(f"{prompt}\n{menu}\n{hint}> ", prompt, deadline, timeout, fresh=fresh)
+            fresh = False
+            picked = [_match(part, opts) for part in (raw.split(",") if multiple else [raw])]
+            if picked and all(p is not None for p in picked):
+                return [p for p in picked if p is not None]
+
+    async def _remember(self, role: str, text: str) -> None:
+        """Record a chat turn in this context's memory."""
+        await self.ctx.memory().record_chat(role, text)
+
+
+def _match(raw: str, opts: Sequence[Option]) -> Option | None:
+    raw = raw.strip()
+    if raw.isdigit() and 1 <= int(raw) <= len(opts):
+        return opts[int(raw) - 1]
+    for o in opts:
+        if raw.casefold() in (o.id.casefold(), o.label.casefold()):
+            return o
+    return None
+
+
+def create(ctx: "NodeContext", channel_key: str | None = None) -> ChannelService:
+    """The channel of ``ctx`` for ``channel_key`` (None: the Prefect UI, else the console); no I/O."""
+    return ChannelService(ctx, channel_key)
+
+
+__all__ = [
+    "ChannelService", "ChoiceResult", "PendingQuestion", "TextAnswer", "aanswer", "answer", "apending_questions",
+    "create", "pending_questions",
+]
