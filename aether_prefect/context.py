@@ -350,6 +350,12 @@ class NodeContext:
                 await close()
             except Exception as exc:  # noqa: BLE001 - closing must reach every service
                 _log.warning("closing %s failed: %s", type(svc).__name__, exc)
+        from aether_prefect._prefect import events
+
+        # Send the Prefect events this context's services queued (the memory mirror) before the caller goes
+        # on: a script then exits clean (no "Still processing items") and none is lost at exit.
+        if not await events.aflush():
+            _log.warning("Prefect events from %r not sent yet; Prefect retries at process exit", self)
 
     def close_nowait(self) -> bool:
         """Close at once if no service needs an async close (True); else leave it open (False).

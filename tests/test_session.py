@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
 import warnings
+from pathlib import Path
+
+import httpx
 
 import pytest
 from pydantic import SecretStr
@@ -161,3 +170,49 @@ def test_llm_set_key_is_per_context(local_config: AetherConfig) -> None:
         assert a.llm_profile().model == "gpt-a"  # type: ignore[union-attr]
         assert a.llm_profile().base_url == "https://api.openai.com/v1"  # type: ignore[union-attr]
         assert b.llm_profile() is None
+
+
+def _events_named(name: str, want: int, timeout_s: float = 60) -> int:
+    """How many Prefect events named ``name`` the server holds (polled until ``want`` or the deadline)."""
+    url = os.environ["PREFECT_API_URL"].rstrip("/") + "/events/filter"
+    deadline = time.monotonic() + timeout_s
+    found = 0
+    while time.monotonic() < deadline:
+        resp = httpx.post(url, json={"filter": {"event": {"name": [name]}}, "limit": 50}, timeout=10)
+        resp.raise_for_status()
+        found = len(resp.json()["events"])
+        if found >= want:
+            break
+        time.sleep(0.5)
+    return found
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_script_exits_clean_and_its_mirrored_events_reach_the_server(tmp_path: Path, mode: str) -> None:
+    """Closing a session sends the events it queued: no "Still processing items" at exit, none lost (#17.19)."""
+    kind = f"exit{uuid.uuid4().hex[:8]}"
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys
+        from aether_prefect import AetherConfig, AetherObjectStore, open_session, open_session_sync
+        cfg = AetherConfig(store=AetherObjectStore(backend="local", root=sys.argv[1]))
+        if {mode!r} == "sync":
+            with open_session_sync(config=cfg) as ctx:
+                for i in range(20):
+                    ctx.memory().sync.record({kind!r}, {{"i": i}})
+        else:
+            async def main():
+                async with open_session(config=cfg) as ctx:
+                    for i in range(20):
+                        await ctx.memory().record({kind!r}, {{"i": i}})
+            asyncio.run(main())
+        print("DONE", flush=True)
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "store")], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "DONE" in proc.stdout, proc.stderr[-3000:]
+    assert "Still processing items" not in proc.stderr, proc.stderr[-3000:]
+    assert _events_named(f"aether.memory.{kind}", 20) == 20

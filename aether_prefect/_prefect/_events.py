@@ -1,10 +1,22 @@
-"""Prefect events: emit (best effort, through Prefect's own events worker) and flush before exit."""
+"""Prefect events: emit (best effort, through Prefect's own events worker) and flush what was emitted.
+
+Prefect sends events from a background worker. A script that exits while that worker still holds our
+events makes Prefect print ``Still processing items: N items remaining...`` and may lose them, so a
+context that ends waits (bounded) for the events it queued: :func:`aflush` from ``NodeContext.aclose``.
+"""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+#: Set by :func:`emit`, cleared by a flush that saw the worker's queue empty: a flush with nothing to
+#: wait for costs nothing (no thread hop, no worker started).
+_pending = threading.Event()
+_waiter: threading.Thread | None = None
+_waiter_lock = threading.Lock()
 
 
 def emit(event: str, *, resource: dict[str, str], related: list[dict[str, str]] | None = None,
@@ -18,24 +30,47 @@ def emit(event: str, *, resource: dict[str, str], related: list[dict[str, str]] 
     if occurred is not None:
         kwargs["occurred"] = occurred
     emit_event(event=event, resource=resource, related=related or [], payload=payload or {}, **kwargs)
+    _pending.set()
 
 
-def flush(timeout_s: float = 10.0) -> None:
-    """Block until Prefect's events workers have sent what was queued (so a script exits clean, nothing lost).
+def pending() -> bool:
+    """True when events were emitted here since the last complete flush."""
+    return _pending.is_set()
 
-    ``EventsWorker.drain_all`` drains only workers that exist (it never starts one) and a later emit starts
-    a new worker. Call it from a thread with no running event loop (or through :func:`aflush`).
+
+def flush(timeout_s: float = 10.0) -> bool:
+    """Block until Prefect's events worker has sent every queued event (at most ``timeout_s``); True if it did.
+
+    Uses the worker's public ``wait_until_empty`` (the worker keeps running; a later emit needs no restart).
+    That call has no timeout, so it runs on one shared daemon thread that a later flush joins again: a
+    server that is down costs each flush ``timeout_s`` at most, and never a thread per call.
     """
+    global _waiter
+    if not _pending.is_set():
+        return True
     from prefect.events.worker import EventsWorker
 
-    try:
-        EventsWorker.drain_all(timeout=timeout_s, at_exit=False)
-    except Exception:  # noqa: BLE001 - flushing is best effort at close
-        pass
+    with _waiter_lock:
+        if _waiter is None or not _waiter.is_alive():
+            _pending.clear()  # an emit from now on sets it again and is waited for by the next flush
+            try:
+                worker = EventsWorker.instance()
+            except Exception:  # noqa: BLE001 - flushing is best effort; Prefect drains again at exit
+                return False
+            _waiter = threading.Thread(target=worker.wait_until_empty, name="aether-events-flush", daemon=True)
+            _waiter.start()
+        waiter = _waiter
+    waiter.join(timeout_s)
+    if waiter.is_alive():
+        _pending.set()
+        return False
+    return True
 
 
-async def aflush(timeout_s: float = 10.0) -> None:
-    """Async twin of :func:`flush` (runs the blocking drain on a worker thread)."""
+async def aflush(timeout_s: float = 10.0) -> bool:
+    """Async twin of :func:`flush`: returns at once when nothing is pending, else waits on a worker thread."""
+    if not _pending.is_set():
+        return True
     import anyio
 
-    await anyio.to_thread.run_sync(flush, timeout_s)
+    return await anyio.to_thread.run_sync(flush, timeout_s)
