@@ -78,7 +78,7 @@ def test_the_public_prefect_api_the_door_uses_exists() -> None:
         for name in ("request", "create_artifact", "read_artifacts", "read_task_runs", "read_flow_run", "read_flow"):
             assert callable(getattr(cls, name, None)), f"{cls.__name__}.{name} is gone"
     assert set(inspect.signature(PrefectClient.request).parameters) >= {"method", "path"}
-    assert callable(EventsWorker.drain_all)
+    assert callable(EventsWorker.instance) and callable(EventsWorker.wait_until_empty)  # _events.flush
     assert {"wait_for_input", "timeout", "poll_interval", "key"} <= set(inspect.signature(apause_flow_run).parameters)
     assert all(callable(f) for f in (get_client, refresh_global_settings_context, emit_event, get_run_logger))
     assert FlowRunContext.get() is None and TaskRunContext.get() is None and issubclass(RunInput, object)
@@ -86,7 +86,8 @@ def test_the_public_prefect_api_the_door_uses_exists() -> None:
 
 @pytest.mark.slow
 def test_services_reconnect_after_a_server_restart(tmp_path: Path) -> None:
-    """A process keeps using KV and artifacts across a restart of its Prefect server, clearing nothing."""
+    """A process keeps using KV, artifacts, memory and new task runs across a restart of its Prefect server,
+    clearing nothing (#17.17)."""
     from tests.servers.prefect_server import PrefectServer
 
     server = PrefectServer(home=tmp_path / "srv").start()
@@ -95,14 +96,29 @@ def test_services_reconnect_after_a_server_restart(tmp_path: Path) -> None:
         script = textwrap.dedent(
             """
             import sys
-            from aether_prefect import AetherConfig, AetherObjectStore, open_session_sync
+            from prefect import flow
+            from aether_prefect import AetherConfig, AetherObjectStore, NodeContext, aether_task, open_session_sync
             cfg = AetherConfig(store=AetherObjectStore(backend="local", root=sys.argv[1]), kv_namespace="restart")
+
+            @aether_task(config=cfg)
+            def in_task(*, context: NodeContext) -> str:
+                context.memory().sync.record("after", {"in": "task"})
+                return context.artifacts().sync.save_text("task", name="t").artifact_id
+
+            @flow(name="after-restart")
+            def after() -> str:
+                return in_task()
+
             with open_session_sync(config=cfg) as ctx:
                 ctx.kv().sync.set("k", 1)
                 print("SET", flush=True)
                 sys.stdin.readline()  # the test restarts the server meanwhile
                 ctx.kv().sync.set("k", 2)
                 print("AFTER", ctx.kv().sync.get("k"), ctx.kv().sync.incr("n"), flush=True)
+                art = ctx.artifacts().sync.save_text("after restart", name="after")
+                ctx.memory().sync.record("after", {"n": 1})
+                print("ART", ctx.artifacts().sync.load_text_by_id(art.artifact_id), flush=True)
+            print("TASK", len(after()), flush=True)
             """
         )
         env = {**os.environ, "PREFECT_API_URL": server.api_url, "PYTHONPATH": str(ROOT)}
@@ -115,8 +131,8 @@ def test_services_reconnect_after_a_server_restart(tmp_path: Path) -> None:
         server.restart()
         proc.stdin.write("\n")
         proc.stdin.flush()
-        out, err = proc.communicate(timeout=120)
+        out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]
-        assert "AFTER 2 1" in out
+        assert "AFTER 2 1" in out and "ART after restart" in out and "TASK 64" in out
     finally:
         server.stop()
