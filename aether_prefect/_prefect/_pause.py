@@ -52,6 +52,10 @@ class RunState:
         return self.type == "RUNNING"
 
     @property
+    def is_suspended(self) -> bool:
+        return self.type == "PAUSED" and self.name == "Suspended"
+
+    @property
     def is_final(self) -> bool:
         return self.type in {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
 
@@ -194,6 +198,54 @@ async def paused_flow_runs(limit: int = 200) -> list[tuple[RunState, str | None]
     return await with_client(call)
 
 
+def task_identity() -> str | None:
+    """The current task run's key within its flow run (task key + dynamic key): the same when a rerun reaches it."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is None or ctx.task_run is None:
+        return None
+    return f"{ctx.task_run.task_key}:{ctx.task_run.dynamic_key}"
+
+
+def results_persisted() -> bool:
+    """True when the current flow run persists results (what a rerun after suspension needs to skip done tasks)."""
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return bool(ctx is not None and ctx.persist_result)
+
+
+async def suspend_for_input(flow_run_id: str, key: str, timeout_s: int, form: type[RunInput]) -> Any:
+    """Suspend the flow run (its process exits; the answer reschedules it) showing ``form``.
+
+    Returns the answer when this suspend already fired and the run was resumed with it (the rerun). Otherwise
+    raises Prefect's ``Pause`` signal, which ends the asking task and the flow run's process; the flow run of a
+    deployment is rerun by its worker once the form is answered. :class:`PauseRefused` when it cannot suspend.
+    """
+    from prefect.exceptions import Pause
+    from prefect.flow_runs import asuspend_flow_run
+
+    try:
+        answer = await asuspend_flow_run(wait_for_input=form, flow_run_id=UUID(flow_run_id), timeout=timeout_s, key=key)
+    except RuntimeError as exc:
+        raise PauseRefused(str(exc)) from exc
+    if answer is not None:
+        return answer
+
+    async def call(client: "PrefectClient") -> Any:
+        return (await client.read_flow_run(UUID(flow_run_id))).state
+
+    raise Pause(state=await with_client(call))
+
+
+async def resume_with_input(flow_run_id: str, run_input: dict[str, Any]) -> None:
+    """Resume a paused or suspended flow run with its form's answer (a suspended one is rescheduled)."""
+    from prefect.flow_runs import aresume_flow_run
+
+    await aresume_flow_run(UUID(flow_run_id), run_input=run_input)
+
+
 async def pause_for_input(model: type[Any], *, timeout_s: int, poll_interval_s: int, key: str | None = None) -> Any:
     """Prefect's own one-question pause of the current flow run; :class:`PauseTimeout` after ``timeout_s``."""
     from prefect.exceptions import FlowPauseTimeout
@@ -221,5 +273,9 @@ __all__ = [
     "put_input",
     "release_pause",
     "response_key",
+    "results_persisted",
+    "resume_with_input",
     "run_state",
+    "suspend_for_input",
+    "task_identity",
 ]

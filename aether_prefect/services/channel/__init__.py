@@ -138,12 +138,15 @@ class ChannelService(BoundService):
 
     # -- questions ------------------------------------------------------------
 
-    async def ask_text(self, prompt: str, *, timeout_s: float = 3600, channel: str | None = None) -> str:
+    async def ask_text(
+        self, prompt: str, *, timeout_s: float = 3600, channel: str | None = None, hold_worker: bool = True
+    ) -> str:
         """Ask a person ``prompt`` and return the text they answer.
 
         In a flow run: the flow run's page in the Prefect UI shows a form (or answer it with
         ``aether-prefect answer RUN_ID --text ...``). Outside a run: the console, if stdin is a terminal.
-        ChannelTimeout after ``timeout_s``.
+        ChannelTimeout after ``timeout_s``. ``hold_worker=False`` (a deployment's run with persisted results)
+        suspends the flow run instead of waiting in it: its process exits, and the answer reruns it.
 
         >>> name = await context.channel().ask_text("Which dataset?", timeout_s=600)
         """
@@ -152,7 +155,7 @@ class ChannelService(BoundService):
         route = self._route(prompt, channel)
         await self._remember("assistant", prompt)
         if route == "pause":
-            answer = str((await self._ask("text", prompt, timeout, channel=channel))["answer"])
+            answer = str((await self._ask("text", prompt, timeout, channel=channel, hold_worker=hold_worker))["answer"])
         else:
             deadline = time.monotonic() + timeout
             answer = await _console.read_line(f"{prompt}\n> ", prompt, deadline, timeout)
@@ -161,7 +164,7 @@ class ChannelService(BoundService):
 
     async def ask_approval(
         self, prompt: str, options: Sequence[str] = ("Approve", "Reject"), *, timeout_s: float = 3600,
-        channel: str | None = None,
+        channel: str | None = None, hold_worker: bool = True,
     ) -> dict[str, Any]:
         """Ask a person to pick one of ``options``, with an optional reason.
 
@@ -175,7 +178,9 @@ class ChannelService(BoundService):
         route = self._route(prompt, channel)
         await self._remember("assistant", f"{prompt} [{' / '.join(opts)}]")
         if route == "pause":
-            result = approval_result(opts, await self._ask("approval", prompt, timeout, [Option(id=o, label=o) for o in opts], channel=channel))
+            fields = await self._ask("approval", prompt, timeout, [Option(id=o, label=o) for o in opts], channel=channel,
+                                     hold_worker=hold_worker)
+            result = approval_result(opts, fields)
         else:
             deadline = time.monotonic() + timeout
             choice = (await self._console_pick(prompt, [Option(id=o, label=o) for o in opts], deadline, timeout))[0].id
@@ -185,7 +190,7 @@ class ChannelService(BoundService):
 
     async def ask_choices(
         self, prompt: str, options: Sequence[Any], *, timeout_s: float = 3600, channel: str | None = None,
-        multiple: bool = False,
+        multiple: bool = False, hold_worker: bool = True,
     ) -> ChoiceResult:
         """Ask a person to pick one option (several with ``multiple=True``); AetherGraph's ``ChoiceResult`` back.
 
@@ -203,7 +208,8 @@ class ChannelService(BoundService):
         route = self._route(prompt, channel)
         await self._remember("assistant", f"{prompt} [{' / '.join(o.label for o in opts)}]")
         if route == "pause":
-            result = choice_result(opts, multiple, await self._ask("choices", prompt, timeout, opts, multiple, channel=channel))
+            fields = await self._ask("choices", prompt, timeout, opts, multiple, channel=channel, hold_worker=hold_worker)
+            result = choice_result(opts, multiple, fields)
         else:
             deadline = time.monotonic() + timeout
             picked = await self._console_pick(prompt, opts, deadline, timeout, multiple=multiple)
@@ -230,8 +236,8 @@ class ChannelService(BoundService):
                 raise ChannelError(f"cannot ask {short(prompt)!r} on the console: stdin is not a terminal")
             return "console"
         in_run = self._in_flow_run()
-        if in_run and api_url():
-            return "pause"
+        if (in_run or self.ctx.flow_run_id) and api_url():
+            return "pause"  # a task on Dask/Ray has no flow run context, but its flow run id is all a question needs
         if key is None and _console.stdin_is_tty():
             return "console"
         if in_run:
@@ -254,18 +260,23 @@ class ChannelService(BoundService):
 
     async def _ask(
         self, kind: Kind, prompt: str, timeout: float, options: Sequence[Option] = (), multiple: bool = False,
-        *, channel: str | None = None,
+        *, channel: str | None = None, hold_worker: bool = True,
     ) -> dict[str, Any]:
         """Ask in the current flow run and wait for the answer's form fields; ChannelTimeout after ``timeout``."""
         from aether_prefect._prefect import current_run_ids, flow_run_ui_url
 
+        if not isinstance(hold_worker, bool):
+            raise ValidationError(f"hold_worker must be a bool, got {hold_worker!r}")
         ids = current_run_ids()
-        if not ids.flow_run_id:  # pragma: no cover - _route checked it
+        run_id = ids.flow_run_id or self.ctx.flow_run_id
+        if not run_id:  # pragma: no cover - _route checked it
             raise ChannelError(f"cannot ask {short(prompt)!r}: no flow run")
+        qid = None if hold_worker else self._check_suspendable(prompt, run_id, ids.deployment_id, kind, options, multiple)
         q = _questions.new_question(
-            ids.flow_run_id, kind, prompt, timeout, options=options, multiple=multiple,
-            flow_name=ids.flow_name, flow_run_name=ids.flow_run_name, task_name=ids.task_name,
-            task_run_id=ids.task_run_id, ui_url=flow_run_ui_url(ids.flow_run_id),
+            run_id, kind, prompt, timeout, options=options, multiple=multiple,
+            flow_name=ids.flow_name or self.ctx.graph_id, flow_run_name=ids.flow_run_name,
+            task_name=ids.task_name or self.ctx.node_id, task_run_id=ids.task_run_id or self.ctx.task_run_id,
+            ui_url=flow_run_ui_url(run_id), qid=qid,
         )
         self.ctx.logger().info(
             f"waiting for an answer to {short(prompt)!r} (question {q.qid}): in the Prefect UI "
@@ -275,7 +286,33 @@ class ChannelService(BoundService):
         async def announce(q: _questions.Question) -> None:
             await self._announce_question(q, channel)
 
+        if not hold_worker:
+            return await _questions.ask_suspending(q, on_asked=announce)
         return await _questions.ask(q, poll_s=_POLL_S, on_asked=announce)
+
+    def _check_suspendable(
+        self, prompt: str, run_id: str, deployment_id: str | None, kind: Kind, options: Sequence[Option], multiple: bool
+    ) -> str:
+        """The replayable question id for ``hold_worker=False``; ChannelError where a suspended run cannot come back."""
+        from aether_prefect._prefect import pause
+
+        why = f"cannot ask {short(prompt)!r} with hold_worker=False: "
+        if not deployment_id:
+            raise ChannelError(
+                why + f"flow run {run_id} is not a deployment's run, so nothing would rerun it after the answer. "
+                "Run the flow through a deployment (flow.serve(), flow.deploy(), a work pool), or keep hold_worker=True"
+            )
+        if not self._in_flow_run():
+            raise ChannelError(why + "this task runs without its flow run's context (Dask/Ray); ask from a thread-pool task")
+        if not pause.results_persisted():
+            raise ChannelError(
+                why + "the flow does not persist results, so its rerun would run every finished task again. "
+                "Use @flow(persist_result=True) or set PREFECT_RESULTS_PERSIST_BY_DEFAULT=true"
+            )
+        identity = pause.task_identity()
+        if identity is None:
+            raise ChannelError(why + "ask from inside a task of the flow (its rerun finds the answer by the task's key)")
+        return _questions.replay_id(run_id, identity, kind, prompt, options, multiple)
 
     def _notify_targets(self, channel: str | None = None) -> list[Any]:
         """The notification blocks a question or message goes through: the key's block, else AetherConfig.notify."""

@@ -153,7 +153,9 @@ async def aanswer(
     held = await write_outcome(flow_run_id, q.question_id, ours)
     if held is not ours:
         raise QuestionNotWaiting(_closed_reason(q.question_id, held))
-    if q.showing and state.pause_key:
+    if state.is_suspended and (state.pause_key or "").startswith(f"aether-{q.question_id}-"):
+        await pause.resume_with_input(flow_run_id, fields)  # no process waits: the resume reschedules the run
+    elif q.showing and state.pause_key:
         await pause.release_pause(flow_run_id, state.pause_key)  # the asking task also releases it; first one wins
     return q
 

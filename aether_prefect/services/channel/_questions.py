@@ -61,11 +61,11 @@ class Outcome(pydantic.BaseModel):
 
 def new_question(
     flow_run_id: str, kind: Kind, prompt: str, timeout_s: float, *, options: Sequence[Option] = (),
-    multiple: bool = False, **where: Any,
+    multiple: bool = False, qid: str | None = None, **where: Any,
 ) -> Question:
     now = dt.datetime.now(dt.timezone.utc)
     return Question(
-        qid=uuid.uuid4().hex, flow_run_id=flow_run_id, kind=kind, prompt=prompt, options=list(options),
+        qid=qid or uuid.uuid4().hex, flow_run_id=flow_run_id, kind=kind, prompt=prompt, options=list(options),
         multiple=multiple, asked_at=now, timeout_at=now + dt.timedelta(seconds=timeout_s), **where,
     )
 
@@ -179,3 +179,35 @@ async def ask(
                 await waiter.release()
             except Exception:  # noqa: BLE001 - the pause's own timeout ends it
                 pass
+
+
+def replay_id(flow_run_id: str, task_identity: str, kind: Kind, prompt: str, options: Sequence[Option], multiple: bool) -> str:
+    """The question id a rerun of the same flow run finds again: same task (key + dynamic key), same question."""
+    import hashlib
+    import json
+
+    data = json.dumps([flow_run_id, task_identity, kind, prompt, [o.model_dump() for o in options], multiple])
+    return hashlib.sha256(data.encode()).hexdigest()[:32]
+
+
+async def ask_suspending(q: Question, *, on_asked: Callable[[Question], Awaitable[None]] | None = None) -> dict[str, Any]:
+    """``hold_worker=False``: answer from an earlier attempt if there is one, else suspend the flow run.
+
+    Suspending raises Prefect's ``Pause`` signal: the task and the flow run's process end, and the worker reruns
+    the flow run once the question is answered; the rerun reaches this same question (same ``qid``) and returns
+    the recorded answer.
+    """
+    outcome = await read_outcome(q.flow_run_id, q.qid)
+    if outcome is not None:
+        return _Waiter(q, 0)._result(outcome)
+    remaining = (q.timeout_at - q.asked_at).total_seconds()
+    if await pause.put_input(q.flow_run_id, QUESTION_PREFIX + q.qid, q.model_dump(mode="json")) and on_asked:
+        await on_asked(q)
+    form = form_for(q.kind, q.options, q.multiple).with_initial_data(description=q.prompt)
+    try:
+        data = await pause.suspend_for_input(q.flow_run_id, f"aether-{q.qid}-s", math.ceil(remaining), form)
+    except pause.PauseRefused as exc:
+        raise ChannelError(f"could not suspend flow run {q.flow_run_id} to ask {short(q.prompt)!r}: {exc}") from exc
+    fields = validate_answer(q.kind, q.options, q.multiple, data.model_dump() if hasattr(data, "model_dump") else data)
+    now = dt.datetime.now(dt.timezone.utc)
+    return _Waiter(q, 0)._result(await write_outcome(q.flow_run_id, q.qid, Outcome(answer=fields, via="ui", at=now)))
