@@ -1,9 +1,15 @@
 """The sync bridge: run a service coroutine to completion from sync code.
 
 Every service method is async (AetherGraph style). Sync code calls them through
-``service.sync.method(...)``; the coroutine runs on one background event loop per
-process (the "portal"), with the caller's contextvars, so Prefect's run context
-and ``current_context()`` are seen, and per-loop clients are reused across calls.
+``service.sync.method(...)``; the coroutine runs on a background event loop of this
+process (an anyio ``BlockingPortal``), with the caller's contextvars, so Prefect's
+run context and ``current_context()`` are seen, and per-loop clients are reused.
+
+Nested calls never deadlock: sync code already running on a portal's loop (a sync
+``on_delta`` callback, an async ``Service.start()`` reached from a service method)
+that calls ``run_sync`` again is served by the next portal, one per nesting level.
+A caller interrupted while waiting (Ctrl-C, a Prefect task timeout in a worker
+thread) cancels the coroutine.
 """
 
 from __future__ import annotations
@@ -14,75 +20,112 @@ import concurrent.futures
 import contextvars
 import functools
 import inspect
+import queue
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+import anyio
+from anyio.from_thread import BlockingPortal
 
 T = TypeVar("T")
 S = TypeVar("S")
 
+# How often a waiting caller wakes to let an exception injected into its thread (Prefect's
+# timeout of a sync task in a worker thread) surface; results arrive immediately regardless.
+_WAKE_S = 0.05
+
+
+@dataclass(frozen=True)
+class _Portal:
+    portal: BlockingPortal
+    thread: threading.Thread
+
+
 _lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
-_thread: threading.Thread | None = None
+_portals: list[_Portal] = []  # index = nesting level
+_levels: dict[int, int] = {}  # thread ident of a portal's loop -> its level
 
 
-def _portal_loop() -> asyncio.AbstractEventLoop:
-    global _loop, _thread
+def _start_portal(level: int) -> _Portal:
+    """A BlockingPortal on its own daemon thread (a daemon, so it never holds up interpreter exit)."""
+    handoff: queue.Queue[BlockingPortal | BaseException] = queue.Queue()
+
+    async def serve() -> None:
+        async with BlockingPortal() as portal:
+            handoff.put(portal)
+            await portal.sleep_until_stopped()
+
+    def run() -> None:
+        try:
+            anyio.run(serve, backend="asyncio")
+        except BaseException as exc:  # noqa: BLE001 - reported to the thread that asked for the portal
+            handoff.put(exc)
+
+    thread = threading.Thread(target=run, name=f"aether-prefect-portal-{level}", daemon=True)
+    thread.start()
+    got = handoff.get()
+    if isinstance(got, BaseException):
+        raise RuntimeError(f"the aether-prefect portal loop failed to start: {got!r}") from got
+    return _Portal(got, thread)
+
+
+def _portal_for_caller() -> BlockingPortal:
+    """The portal this thread may block on: level 0, or one level below the portal it runs on."""
+    level = _levels.get(threading.get_ident(), -1) + 1
+    if level < len(_portals) and _portals[level].thread.is_alive():
+        return _portals[level].portal
     with _lock:
-        if _loop is None or _loop.is_closed() or _thread is None or not _thread.is_alive():
-            loop = asyncio.new_event_loop()
-            ready = threading.Event()
-
-            def _run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(ready.set)
-                loop.run_forever()
-
-            thread = threading.Thread(target=_run, name="aether-prefect-portal", daemon=True)
-            thread.start()
-            ready.wait()
-            _loop, _thread = loop, thread
-        return _loop
-
-
-def portal_loop() -> asyncio.AbstractEventLoop:
-    """The process-wide background loop sync calls run on."""
-    return _portal_loop()
+        while len(_portals) <= level:
+            _portals.append(_start_portal(len(_portals)))
+        if not _portals[level].thread.is_alive():  # stopped (interpreter exit) or crashed: replace it
+            _portals[level] = _start_portal(level)
+        entry = _portals[level]
+        _levels[entry.thread.ident] = level  # type: ignore[index]
+        return entry.portal
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run ``coro`` on the portal loop with the caller's contextvars and wait for it.
+    """Run ``coro`` on a portal loop with the caller's contextvars and wait for its result.
 
-    Must not be called from the portal thread itself (that would deadlock).
+    Safe from any thread, including a portal's own (nested calls go one level down).
+    If the wait is interrupted (KeyboardInterrupt, a timeout injected by Prefect),
+    the coroutine is cancelled and the interruption propagates.
     """
-    loop = _portal_loop()
-    if threading.current_thread() is _thread:
+    try:
+        portal = _portal_for_caller()
+    except BaseException:
         coro.close()
-        raise RuntimeError("run_sync() called from the aether-prefect portal loop; await the coroutine instead")
+        raise
     ctx = contextvars.copy_context()
-    result: concurrent.futures.Future[T] = concurrent.futures.Future()
 
-    def _start() -> None:
-        task = loop.create_task(coro, context=ctx)
+    def start() -> asyncio.Task[T]:
+        return asyncio.get_running_loop().create_task(coro, context=ctx)
 
-        def _done(t: asyncio.Task[T]) -> None:
-            if t.cancelled():
-                result.cancel()
-            elif t.exception() is not None:
-                result.set_exception(t.exception())  # type: ignore[arg-type]
-            else:
-                result.set_result(t.result())
-
-        task.add_done_callback(_done)
-
-    loop.call_soon_threadsafe(_start)
-    return result.result()
+    future: concurrent.futures.Future[T] = portal.start_task_soon(start)
+    try:
+        while True:
+            try:
+                return future.result(timeout=_WAKE_S)
+            except concurrent.futures.TimeoutError:
+                if future.done():  # the coroutine itself raised TimeoutError
+                    raise
+    except BaseException:
+        future.cancel()  # cancels the coroutine's task on the portal (no-op once finished)
+        raise
 
 
 def _shutdown() -> None:
-    loop = _loop
-    if loop is not None and not loop.is_closed():
-        loop.call_soon_threadsafe(loop.stop)
+    """Stop every portal at interpreter exit, cancelling what still runs there."""
+    with _lock:
+        portals = list(_portals)
+    for entry in reversed(portals):
+        try:
+            done = entry.portal.start_task_soon(entry.portal.stop, True)
+            done.result(timeout=5)
+        except Exception:  # noqa: BLE001 - already stopped, or wedged: the thread is a daemon
+            pass
 
 
 atexit.register(_shutdown)

@@ -99,6 +99,16 @@ class NodeContext:
 
     rag = _RagAccessor()
 
+    # Set per instance in __init__; declared here so custom service names cannot shadow them.
+    run_id: str
+    graph_id: str
+    node_id: str
+    overrides: RuntimeOverrides
+    session_id: str | None
+    flow_run_id: str | None
+    task_run_id: str | None
+    deployment_id: str | None
+
     def __init__(
         self,
         *,
@@ -324,10 +334,10 @@ class NodeContext:
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        from aether_prefect.services.base import get_service, registered_services
+        from aether_prefect.services.base import ServiceHandle, get_service, registered_services
 
         if name in registered_services():
-            return lambda: get_service(name)
+            return ServiceHandle(name, get_service(name))
         raise AttributeError(
             f"NodeContext has no attribute or service {name!r}; register a custom service with "
             f"register_context_service({name!r}, service)"

@@ -7,8 +7,6 @@ context through ``self.ctx()``.
 
 from __future__ import annotations
 
-import anyio
-import asyncio
 import atexit
 import contextlib
 import functools
@@ -18,7 +16,11 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from aether_prefect._sync import SyncView, run_sync
+import anyio
+
+from aether_prefect._sync import SyncView, maybe_await, run_sync
+from aether_prefect.errors import ValidationError
+from aether_prefect.services._service_lock import ServiceLock
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext
@@ -58,13 +60,20 @@ class Service:
 
     ``start()`` runs once before first use, ``close()`` once at process exit (or
     :func:`shutdown_services`); both may be sync or async. Inside methods,
-    ``self.ctx()`` is the NodeContext of the calling task.
+    ``self.ctx()`` is the NodeContext of the calling task. ``self._lock`` is one
+    mutex for sync and async code (``with self.locked():``, ``async with self.alocked():``,
+    ``async with self._lock:``, ``@self.critical()``). Subclasses need not call
+    ``super().__init__()`` (``@dataclass`` subclasses included): this state is created on first use.
     """
 
     def __init__(self) -> None:
-        self._aether_started = False
-        self._aether_start_lock = threading.Lock()
-        self._aether_lock = threading.RLock()
+        _state(self)
+
+    def __getattr__(self, name: str) -> Any:
+        # Only reached when normal lookup fails: a subclass that skipped super().__init__().
+        if name in _LAZY:
+            return _state(self)[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def start(self) -> Any:
         """Hook: open connections, load models. Called before first use."""
@@ -78,49 +87,89 @@ class Service:
 
         return current_context()
 
+    @property
+    def sync(self) -> Any:
+        """Blocking twin for sync tasks, as for built-in services: ``context.db().sync.query("q")``."""
+        return SyncView(self)
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Serialise a critical section across threads: ``with self.locked(): ...``."""
-        with self._aether_lock:
+        """Serialise a critical section across threads and tasks: ``with self.locked(): ...``."""
+        with self._lock:
             yield
 
     @contextlib.asynccontextmanager
     async def alocked(self) -> AsyncIterator[None]:
-        """Async form of :meth:`locked` that does not block the event loop while waiting."""
-        await anyio.to_thread.run_sync(self._aether_lock.acquire)
-        try:
+        """Async form of :meth:`locked`, the same lock, never blocking the event loop: ``async with self.alocked(): ...``."""
+        async with self._lock:
             yield
-        finally:
-            self._aether_lock.release()
+
+    def critical(self) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """AetherGraph's decorator: run ``fn`` (sync or async) holding ``self._lock``; the wrapper is async.
+
+        Example: ``await self.critical()(self._bump)(1)``
+        """
+
+        def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(fn)
+            async def wrapped(*args: Any, **kwargs: Any) -> Any:
+                async with self._lock:
+                    return await maybe_await(fn(*args, **kwargs))
+
+            return wrapped
+
+        return deco
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blocking ``fn`` in a worker thread so the event loop keeps going."""
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
-_BUILTIN_NAMES = frozenset(
-    {
-        "logger", "artifacts", "kv", "memory", "mem", "llm", "llm_set_key", "rag", "mcp", "channel",
-        "svc", "aclose", "close", "config", "store", "sync",
-    }
-)
+_LAZY = ("_lock", "_aether_started", "_aether_start_lock")
+
+
+def _state(service: Service) -> dict[str, Any]:
+    """The base class's per-instance state, created once (thread-safe: dict.setdefault is atomic)."""
+    d = vars(service)
+    d.setdefault("_lock", ServiceLock())
+    d.setdefault("_aether_started", False)
+    d.setdefault("_aether_start_lock", threading.Lock())
+    return d
+
+
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _registry: dict[str, Any] = {}
 _registry_lock = threading.Lock()
+
+
+def _context_names() -> frozenset[str]:
+    """Every public name a NodeContext already answers to (methods, properties, ids set in ``__init__``)."""
+    from aether_prefect.context import NodeContext
+
+    return frozenset(n for n in dir(NodeContext) if not n.startswith("_")) | frozenset(
+        NodeContext.__annotations__
+    )
 
 
 def register_context_service(name: str, service: Any) -> None:
     """Register ``service`` under ``name`` for every context of this process.
 
     Register at import time of the module defining your tasks, so every worker
-    process of a distributed task runner has it too.
+    process of a distributed task runner has it too. Then ``context.<name>`` is a
+    handle on it: ``context.db.query(...)``, ``context.db()`` (the service), ``context.db(x)`` (its ``__call__``).
+    Example: ``register_context_service("materials", MaterialsDB())``
     """
     if not isinstance(name, str) or not _NAME_RE.match(name) or name.startswith("_"):
-        raise ValueError(f"service name {name!r} must be a Python identifier not starting with '_'")
-    if name in _BUILTIN_NAMES:
-        raise ValueError(f"service name {name!r} is a built-in NodeContext accessor; choose another name")
+        raise ValidationError(
+            f"service name {name!r} must be a Python identifier not starting with '_' (e.g. 'materials')"
+        )
+    if name in _context_names():
+        raise ValidationError(
+            f"service name {name!r} clashes with NodeContext.{name}, which every context already has, so "
+            f"context.{name} could never reach your service; register it under another name"
+        )
     if service is None:
-        raise ValueError("service must be an object, not None")
+        raise ValidationError("service must be an object, not None")
     with _registry_lock:
         old = _registry.get(name)
         _registry[name] = service
@@ -144,27 +193,52 @@ def get_service(name: str) -> Any:
             f"no context service named {name!r} (registered: {known}); "
             "register it with register_context_service(name, service)"
         )
-    if isinstance(service, Service) and not service._aether_started:
-        with service._aether_start_lock:
-            if not service._aether_started:
-                _call_hook(service.start)
-                service._aether_started = True
+    if isinstance(service, Service):
+        state = _state(service)
+        if not state["_aether_started"]:
+            with state["_aether_start_lock"]:
+                if not state["_aether_started"]:
+                    _call_hook(service.start)
+                    state["_aether_started"] = True
     return service
 
 
+class ServiceHandle:
+    """What ``context.<name>`` returns for a custom service (AetherGraph's handle).
+
+    Attribute access reaches the service (``context.materials.lookup("Si")``); calling
+    with no arguments returns the service (``context.materials()``); calling with
+    arguments calls it (``context.predictor("hello")`` is ``service("hello")``).
+    """
+
+    __slots__ = ("_name", "_service")
+
+    def __init__(self, name: str, service: Any) -> None:
+        self._name = name
+        self._service = service
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._service, attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs:
+            return self._service
+        if not callable(self._service):
+            raise TypeError(
+                f"service {self._name!r} ({type(self._service).__name__}) is not callable; call "
+                f"context.{self._name}() with no arguments to get it, then call its methods"
+            )
+        return self._service(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<service handle {self._name!r}: {self._service!r}>"
+
+
 def _call_hook(hook: Callable[[], Any]) -> None:
+    """Run a sync or async lifecycle hook to completion from sync code (any thread, any loop)."""
     result = hook()
     if inspect.isawaitable(result):
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            run_sync(_await(result))
-            return
-        # Called from a running loop (sync accessor inside async code): finish on the portal.
-        import concurrent.futures
-
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(run_sync, _await(result)).result()
+        run_sync(_await(result))
 
 
 async def _await(aw: Any) -> Any:
@@ -173,8 +247,9 @@ async def _await(aw: Any) -> Any:
 
 def _close_service(service: Any) -> None:
     if isinstance(service, Service):
-        if service._aether_started:
-            service._aether_started = False
+        state = _state(service)
+        if state["_aether_started"]:
+            state["_aether_started"] = False
             _call_hook(service.close)
     elif hasattr(service, "close") and callable(service.close):
         _call_hook(service.close)
