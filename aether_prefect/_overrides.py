@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -70,11 +69,10 @@ def parse_overrides(values: dict[str, Any]) -> RuntimeOverrides:
                 raise ValidationError(f"llm_budget is invalid: {exc}") from None
         else:
             raise ValidationError(f"llm_budget must be an LLMBudget or a dict, got {type(budget).__name__}")
-    ns = v.get("kv_namespace")
-    if ns is not None and (not isinstance(ns, str) or not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", ns)):
-        raise ValidationError(
-            f"kv_namespace {ns!r} is not valid: use 1-40 characters of a-z, 0-9 and '-'"
-        )
+    if v.get("kv_namespace") is not None:
+        from aether_prefect.services.kv._names import check_namespace  # the one namespace rule
+
+        check_namespace(v["kv_namespace"])
     store = v.get("store")
     if store is not None:
         from aether_prefect.services.stores.base import ObjectStore

@@ -257,13 +257,9 @@ config = AetherConfig.load("BLOCK_NAME")
     @field_validator("kv_namespace")
     @classmethod
     def _check_namespace(cls, v: str) -> str:
-        import re
+        from aether_prefect.services.kv._names import check_namespace  # the one namespace rule
 
-        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", v):
-            raise ValueError(
-                f"kv_namespace {v!r} is not valid: use 1-40 characters of a-z, 0-9 and '-', starting with a letter or digit"
-            )
-        return v
+        return check_namespace(v)
 
     @field_validator("notify", mode="before")
     @classmethod

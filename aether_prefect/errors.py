@@ -51,6 +51,10 @@ class KVValidationError(KVError, ValidationError):
     """A KV call got bad input (a non-JSON value, a bad ttl_s or amount, a malformed mapping)."""
 
 
+class KVLockLost(KVError):
+    """A KV key's lock ran out (its holder stalled past the lease) before the write: nothing was written; retry."""
+
+
 class AetherMemoryError(AetherError):
     """A memory operation failed."""
 

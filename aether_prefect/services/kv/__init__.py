@@ -13,8 +13,9 @@ Storage, per key (namespace ``ctx.kv_namespace``, default ``aether``):
   overwriting or deleting the key deletes the old blob;
 - TTL is checked on every read; ``purge_expired`` deletes expired variables.
 
-Consistency: ``set``/``delete`` are single writes, last writer wins (``set`` is one
-PATCH, plus a create the first time). ``incr``, ``expire``, ``list_append_unique``,
+Consistency: ``set``/``delete`` of small values are a GET and one write, last writer
+wins, and never touch the object store (only a spilled old or new value does, under
+the key's lock). ``incr``, ``expire``, ``list_append_unique``,
 ``list_pop_all``, ``mset`` and writes of large values are read-modify-writes done
 under a per-key lease lock built on Prefect Variables (``_lock.py``), so concurrent
 tasks in any number of processes lose no update among themselves.
@@ -22,22 +23,24 @@ tasks in any number of processes lose no update among themselves.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
 
 from aether_prefect._prefect import variables
-from aether_prefect._sync import SyncView, async_cm, run_sync
-from aether_prefect.errors import IntegrityError, KVError
+from aether_prefect._sync import async_cm
+from aether_prefect.errors import IntegrityError, KVError, KVLockLost, KVValidationError
 from aether_prefect.services.kv import _names as names
 from aether_prefect.services.base import BoundService
-from aether_prefect.services.kv._lock import VariableLock
+from aether_prefect.services.kv._lock import VariableLock, default_lease_s
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext
@@ -57,9 +60,9 @@ _MISSING = object()
 # ---------------------------------------------------------------------------
 
 
-def _bad(key: str, path: str, why: str) -> KVError:
+def _bad(key: str, path: str, why: str) -> KVValidationError:
     where = f" at {path}" if path else ""
-    return KVError(
+    return KVValidationError(
         f"cannot store KV key {key!r}: the value{where} {why}. KV values must be JSON: "
         "None, bool, int, finite float, str, list, dict with str keys (convert dates to ISO strings, "
         "sets to lists, bytes to base64 or store them with context.artifacts())"
@@ -67,7 +70,7 @@ def _bad(key: str, path: str, why: str) -> KVError:
 
 
 def check_value(key: str, value: Any, path: str = "") -> None:
-    """Raise KVError naming ``key`` (and where inside the value) unless ``value`` is plain JSON."""
+    """Raise KVValidationError naming ``key`` (and where inside the value) unless ``value`` is plain JSON."""
     if value is None or isinstance(value, (bool, str)):
         return
     if isinstance(value, int):
@@ -102,7 +105,7 @@ def _check_ttl(key: str, ttl_s: Any) -> float | None:
     if ttl_s is None:
         return None
     if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s) or ttl_s <= 0:
-        raise KVError(
+        raise KVValidationError(
             f"ttl_s for KV key {key!r} must be a positive number of seconds or None, got {ttl_s!r} "
             "(use delete() to remove a key now)"
         )
@@ -111,7 +114,7 @@ def _check_ttl(key: str, ttl_s: Any) -> float | None:
 
 def _check_number(key: str, amount: Any) -> int | float:
     if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount):
-        raise KVError(f"incr amount for KV key {key!r} must be a finite int or float, got {amount!r}")
+        raise KVValidationError(f"incr amount for KV key {key!r} must be a finite int or float, got {amount!r}")
     return amount
 
 
@@ -227,47 +230,6 @@ class VariablesAPI:
         return await self._guard(variables.patch_id(var_id, value))  # type: ignore[no-any-return]
 
 
-def _sync_read(name: str) -> dict[str, Any] | None:
-    try:
-        return variables.read_sync(name)
-    except (variables.VariablesAPIError, variables.VariablesUnreachable) as exc:
-        raise KVError(str(exc)) from None
-
-
-def _sync_delete(name: str) -> bool:
-    try:
-        return variables.delete_sync(name)
-    except (variables.VariablesAPIError, variables.VariablesUnreachable) as exc:
-        raise KVError(str(exc)) from None
-
-
-class _KVSyncView(SyncView["PrefectKV"]):
-    """``kv.sync``: blocking twins; ``get`` and ``delete`` run in the calling thread (no hop to the portal loop)."""
-
-    __slots__ = ()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """Blocking :meth:`PrefectKV.get`: one GET on the thread's own client (the run's inside a run)."""
-        kv = self._target
-        name = kv._name(key)
-        var = _sync_read(name)
-        env = _envelope(var)
-        if env is None or not _alive(env):
-            return default
-        if _blob_ref(env) is None:
-            return env.get("v")
-        alive, value, _ = run_sync(kv._load(key, name, var))
-        return value if alive else default
-
-    def delete(self, key: str) -> None:
-        """Blocking :meth:`PrefectKV.delete`: one DELETE on the thread's own client, then the blob check."""
-        kv = self._target
-        name = kv._name(key)
-        _sync_delete(name)
-        if list(kv._store_().list_keys(_blob_prefix(kv.namespace, name))):
-            run_sync(kv._collect_garbage(key, name))
-
-
 # ---------------------------------------------------------------------------
 # The service
 # ---------------------------------------------------------------------------
@@ -290,24 +252,19 @@ class PrefectKV(BoundService):
         ctx: "NodeContext",
         *,
         namespace: str | None = None,
-        lock_lease_s: float = 30.0,
+        lock_lease_s: float | None = None,
         lock_timeout_s: float = 120.0,
         api: VariablesAPI | None = None,
     ) -> None:
         super().__init__(ctx)
         self.namespace = names.check_namespace(namespace or ctx.kv_namespace)
-        self.lock_lease_s = lock_lease_s
+        self.lock_lease_s = default_lease_s() if lock_lease_s is None else lock_lease_s
         self.lock_timeout_s = lock_timeout_s
         self._api = api or VariablesAPI()
         self._store: "ObjectStore | None" = None
 
     def __repr__(self) -> str:
         return f"PrefectKV(namespace={self.namespace!r})"
-
-    @property
-    def sync(self) -> Any:
-        """Blocking twins of every method: ``kv.sync.get(k)``, ``kv.sync.incr(k)``..."""
-        return _KVSyncView(self)
 
     # -- helpers ------------------------------------------------------------
 
@@ -358,24 +315,22 @@ class PrefectKV(BoundService):
         for k in keys:
             await anyio.to_thread.run_sync(store.delete, k)
 
-    async def _collect_garbage(self, key: str, name: str) -> None:
-        """After an unlocked write or delete: remove blobs the variable no longer references (under the lock)."""
-        if not await self._blob_keys(name):
-            return
-        async with self._lock(key):
-            keep = _blob_ref(_envelope(await self._api.read(name)))
-            await self._delete_blobs(k for k in await self._blob_keys(name) if k != keep)
+    async def _write_locked(self, prep: _Prepared, name: str, old: dict[str, Any] | None, lock: VariableLock) -> None:
+        """Write ``prep`` while holding the key's lock: blob first, then the variable, then old blobs go.
 
-    async def _write_locked(self, prep: _Prepared, name: str, old: dict[str, Any] | None) -> None:
-        """Write ``prep`` while holding the key's lock: blob first, then the variable, then old blobs go."""
+        ``lock.check()`` right before the variable write: a holder whose lease ran out writes nothing.
+        """
         if prep.blob is not None:
             await anyio.to_thread.run_sync(self._store_().put_bytes, prep.blob_key, prep.blob)
+        lock.check()
         await self._api.put(name, prep.envelope, exists=old is not None)
         if prep.blob is not None or _blob_ref(_envelope(old)) is not None:
             await self._delete_blobs(k for k in await self._blob_keys(name) if k != prep.blob_key)
 
-    async def _delete_locked(self, name: str, old: dict[str, Any] | None) -> None:
-        await self._api.delete(name)
+    async def _delete_locked(self, name: str, old: dict[str, Any] | None, lock: VariableLock) -> None:
+        lock.check()
+        if old is not None:
+            await self._api.delete(name)
         if _blob_ref(_envelope(old)) is not None:
             await self._delete_blobs(await self._blob_keys(name))
 
@@ -397,25 +352,43 @@ class PrefectKV(BoundService):
     async def set(self, key: str, value: Any, *, ttl_s: float | None = None) -> None:
         """Store ``value`` (any JSON) at ``key``, expiring after ``ttl_s`` seconds if given.
 
-        One PATCH when the key exists (create on 404); values over Prefect's size
-        limit go to the object store under the key's lock. Bad values raise KVError
+        A GET then one PATCH (or a create for a new key); the object store is touched only when the old or the
+        new value is a spilled large value (then under the key's lock). Bad values raise KVValidationError
         before anything is written.
+
+        Example::
+
+            await context.kv().set("greeting", {"text": "hi"}, ttl_s=3600)
         """
         name = self._name(key)
         ttl = _check_ttl(key, ttl_s)
         prep = prepare(self.namespace, name, key, value, time.time() + ttl if ttl else None)
-        if prep.blob is not None:
-            async with self._lock(key):
-                await self._write_locked(prep, name, await self._api.read(name))
-            return
-        await self._api.put(name, prep.envelope)
-        await self._collect_garbage(key, name)
+        if prep.blob is None:
+            old = await self._api.read(name)
+            if _blob_ref(_envelope(old)) is None:
+                # Last writer wins. A large write racing between our GET and PATCH can leave its blob
+                # unreferenced; the key's next large write or blob-valued delete removes it.
+                await self._api.put(name, prep.envelope, exists=old is not None)
+                return
+        async with self._lock(key) as lock:
+            await self._write_locked(prep, name, await self._api.read(name), lock)
 
     async def delete(self, key: str) -> None:
-        """Remove ``key`` (and its large-value blob); a missing key is not an error."""
+        """Remove ``key`` (and its large-value blob); a missing key is not an error.
+
+        Example::
+
+            await context.kv().delete("greeting")
+        """
         name = self._name(key)
-        await self._api.delete(name)
-        await self._collect_garbage(key, name)
+        old = await self._api.read(name)
+        if old is None:
+            return
+        if _blob_ref(_envelope(old)) is None:
+            await self._api.delete(name)
+            return
+        async with self._lock(key) as lock:
+            await self._delete_locked(name, await self._api.read(name), lock)
 
     async def mget(self, keys: list[str]) -> list[Any]:
         """Values of ``keys`` in order (None where missing or expired); one request per 200 keys."""
@@ -428,47 +401,66 @@ class PrefectKV(BoundService):
             out.append(value if alive else None)
         return out
 
-    async def mset(self, mapping: Mapping[str, Any], *, ttl_s: float | None = None) -> None:
-        """Set several keys; every value is validated before any write; each key written under its lock.
+    async def mset(
+        self, mapping: Mapping[str, Any] | Iterable[tuple[str, Any]], *, ttl_s: float | None = None
+    ) -> None:
+        """Set several keys from a dict or from ``(key, value)`` pairs; every value is validated before any write.
 
-        Not atomic across keys: a failure part-way leaves the earlier keys written.
+        Each key is written under its lock. Not atomic across keys: a failure part-way leaves the earlier keys
+        written. A key given twice keeps its last value.
+
+        Example::
+
+            await context.kv().mset({"a": 1, "b": [2]})     # or mset([("a", 1), ("b", [2])])
         """
         ttl = _check_ttl("<mset>", ttl_s)
         exp = time.time() + ttl if ttl else None
-        prepared = [(self._name(k), prepare(self.namespace, self._name(k), k, v, exp)) for k, v in mapping.items()]
+        items = _pairs(mapping)
+        prepared = {self._name(k): prepare(self.namespace, self._name(k), k, v, exp) for k, v in items}
         limiter = anyio.Semaphore(8)
 
         async def one(name: str, prep: _Prepared) -> None:
-            async with limiter, self._lock(prep.key):
-                await self._write_locked(prep, name, await self._api.read(name))
+            async with limiter, self._lock(prep.key) as lock:
+                await self._write_locked(prep, name, await self._api.read(name), lock)
 
         async with anyio.create_task_group() as tg:
-            for name, prep in prepared:
+            for name, prep in prepared.items():
                 tg.start_soon(one, name, prep)
 
     async def expire(self, key: str, ttl_s: float) -> bool:
         """Make ``key`` expire ``ttl_s`` seconds from now; False if it does not exist (or already expired)."""
         name = self._name(key)
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s):
-            raise KVError(f"ttl_s for KV key {key!r} must be a number of seconds, got {ttl_s!r}")
-        async with self._lock(key):
+            raise KVValidationError(f"ttl_s for KV key {key!r} must be a number of seconds, got {ttl_s!r}")
+        async with self._lock(key) as lock:
             var = await self._api.read(name)
             env = _envelope(var)
             if env is None or not _alive(env):
                 return False
             if env.get("k") is None and _blob_ref(env) is None:
                 env = {_MARK: 1, "k": key, "v": env.get("v"), "x": None}
+            lock.check()
             await self._api.put(name, {**env, "x": time.time() + ttl_s})
             return True
 
     async def incr(self, key: str, amount: int | float = 1) -> int | float:
         """Add ``amount`` to the number at ``key`` (missing or expired = 0) and return the new value.
 
-        Exact under concurrency across processes (per-key lock); the key's expiry is kept.
+        Exact under concurrency across processes (per-key lock); the key's expiry is kept. Increments of one
+        key from this process that arrive while its lock is busy are applied together by the next locked
+        read-modify-write, each caller getting its own result.
+
+        Example::
+
+            n = await context.kv().incr("runs")
         """
         name = self._name(key)
         _check_number(key, amount)
-        async with self._lock(key):
+        return await _combiner(name).add(amount, lambda batch: self._incr_locked(key, name, batch))
+
+    async def _incr_locked(self, key: str, name: str, amounts: list[int | float]) -> list[int | float]:
+        """One locked read-modify-write applying ``amounts`` in order; the value after each of them."""
+        async with self._lock(key) as lock:
             var = await self._api.read(name)
             alive, current, env = await self._load(key, name, var)
             if not alive:
@@ -476,9 +468,39 @@ class PrefectKV(BoundService):
             else:
                 exp = env.get("x") if env else None
             if isinstance(current, bool) or not isinstance(current, (int, float)):
-                raise KVError(f"cannot incr KV key {key!r}: it holds a {type(current).__name__}, not a number")
-            new = current + amount
-            await self._write_locked(prepare(self.namespace, name, key, new, exp), name, var)
+                raise KVValidationError(
+                    f"cannot incr KV key {key!r}: it holds a {type(current).__name__}, not a number "
+                    "(set it to a number first, or incr another key)"
+                )
+            results = []
+            for amount in amounts:
+                current = current + amount
+                results.append(current)
+            await self._write_locked(prepare(self.namespace, name, key, current, exp), name, var, lock)
+            return results
+
+    async def update(self, key: str, fn: Callable[[Any], Any], *, ttl_s: float | None = None) -> Any:
+        """Replace the value at ``key`` with ``fn(current)`` under the key's lock; return the new value.
+
+        ``current`` is None when the key is missing or expired. ``fn`` runs once, must be quick and must not
+        call the KV on the same key; the new value is validated like ``set``. Without ``ttl_s`` the key keeps
+        its expiry. Exact under concurrency across processes; raises KVLockLost (nothing written) if the
+        process stalled past the lock's lease.
+
+        Example::
+
+            seen = await context.kv().update("seen", lambda cur: sorted({*(cur or []), "a"}))
+        """
+        name = self._name(key)
+        ttl = _check_ttl(key, ttl_s)
+        async with self._lock(key) as lock:
+            var = await self._api.read(name)
+            alive, current, env = await self._load(key, name, var)
+            exp = env.get("x") if alive and env else None
+            new = fn(current if alive else None)
+            if ttl:
+                exp = time.time() + ttl
+            await self._write_locked(prepare(self.namespace, name, key, new, exp), name, var, lock)
             return new
 
     async def list_append_unique(
@@ -494,9 +516,12 @@ class PrefectKV(BoundService):
         items = list(items)
         for i, item in enumerate(items):
             if not isinstance(item, dict) or id_key not in item:
-                raise KVError(f"list_append_unique({key!r}): item {i} must be a dict with an {id_key!r} entry, got {item!r}")
+                raise KVValidationError(
+                    f"list_append_unique({key!r}): item {i} must be a dict with an {id_key!r} entry, got {item!r:.80} "
+                    f"(pass id_key= to name the identifying field)"
+                )
         check_value(key, items)
-        async with self._lock(key):
+        async with self._lock(key) as lock:
             var = await self._api.read(name)
             alive, current, env = await self._load(key, name, var)
             if not alive or current is None:
@@ -504,7 +529,10 @@ class PrefectKV(BoundService):
             else:
                 exp = env.get("x") if env else None
             if not isinstance(current, list):
-                raise KVError(f"cannot list_append_unique to KV key {key!r}: it holds a {type(current).__name__}, not a list")
+                raise KVValidationError(
+                    f"cannot list_append_unique to KV key {key!r}: it holds a {type(current).__name__}, not a list "
+                    "(delete it or use another key)"
+                )
             seen = {_ident(x.get(id_key)) for x in current if isinstance(x, dict)}
             for item in items:
                 ident = _ident(item[id_key])
@@ -513,20 +541,23 @@ class PrefectKV(BoundService):
                     current.append(item)
             if ttl:
                 exp = time.time() + ttl
-            await self._write_locked(prepare(self.namespace, name, key, current, exp), name, var)
+            await self._write_locked(prepare(self.namespace, name, key, current, exp), name, var, lock)
             return current
 
     async def list_pop_all(self, key: str) -> list[Any]:
         """Remove ``key`` and return the list it held ([] if missing or expired). Atomic across processes."""
         name = self._name(key)
-        async with self._lock(key):
+        async with self._lock(key) as lock:
             var = await self._api.read(name)
             alive, current, _ = await self._load(key, name, var)
             if var is None:
                 return []
             if alive and not isinstance(current, list):
-                raise KVError(f"cannot list_pop_all KV key {key!r}: it holds a {type(current).__name__}, not a list")
-            await self._delete_locked(name, var)
+                raise KVValidationError(
+                    f"cannot list_pop_all KV key {key!r}: it holds a {type(current).__name__}, not a list "
+                    "(read it with get() and delete it with delete())"
+                )
+            await self._delete_locked(name, var, lock)
             return list(current) if alive else []
 
     async def scan_prefix(self, prefix: str, limit: int = 1000) -> list[str]:
@@ -555,11 +586,11 @@ class PrefectKV(BoundService):
         removed = 0
         for key in expired:
             name = self._name(key)
-            async with self._lock(key):
+            async with self._lock(key) as lock:
                 var = await self._api.read(name)
                 env = _envelope(var)
                 if env is not None and not _alive(env):
-                    await self._delete_locked(name, var)
+                    await self._delete_locked(name, var, lock)
                     removed += 1
         return removed
 
@@ -568,11 +599,29 @@ class PrefectKV(BoundService):
     async def lock(self, key: str, *, lease_s: float | None = None, timeout_s: float | None = None) -> AsyncIterator[None]:
         """``async with kv.lock("k"):`` the per-key lock incr and list_* use, for your own read-modify-writes.
 
-        Do not call incr/list_*/expire/mset on the same key inside it (the lock is not re-entrant).
+        The lease is renewed while you hold it. If it was broken anyway (the process stalled longer than the
+        lease), leaving the block raises KVLockLost: your writes may have raced another holder's. Do not call
+        incr/list_*/expire/mset on the same key inside it (the lock is not re-entrant).
+
+        Example::
+
+            async with context.kv().lock("report"):
+                await context.kv().set("report", build())
         """
         names.check_key(key)
-        async with self._lock(key, lease_s=lease_s, timeout_s=timeout_s):
+        lock = self._lock(key, lease_s=lease_s, timeout_s=timeout_s)
+        await lock.acquire()
+        try:
             yield
+        except BaseException:
+            await asyncio.shield(lock.release())
+            raise
+        lost = lock.lost
+        if not await asyncio.shield(lock.release()) or lost:
+            raise KVLockLost(
+                f"the lock on KV key {key!r} was broken while held (held past its {lock.lease_s:g}s lease without "
+                "renewing: the process stalled?); writes made inside it may have raced another holder"
+            )
 
     async def _iter(self, name_prefix: str) -> AsyncIterator[tuple[str, dict[str, Any], dict[str, Any]]]:
         """(user key, variable, envelope) of every value variable whose name starts with ``name_prefix``."""
@@ -605,6 +654,85 @@ class PrefectKV(BoundService):
             return None
         key = orjson.loads(data).get("k")
         return key if isinstance(key, str) else None
+
+
+class _Combiner:
+    """Increments of one key from this process: those arriving while a locked write runs go in the next one."""
+
+    def __init__(self, table: dict[str, "_Combiner"], name: str) -> None:
+        self._table = table
+        self._name = name
+        self._pending: list[tuple[int | float, asyncio.Future[int | float]]] = []
+        self._draining = False
+
+    async def add(
+        self, amount: int | float, apply: Callable[[list[int | float]], Awaitable[list[int | float]]]
+    ) -> int | float:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int | float] = loop.create_future()
+        self._pending.append((amount, fut))
+        if not self._draining:
+            self._draining = True
+            loop.create_task(self._drain(apply))  # a cancelled caller must not strand the others
+        return await fut
+
+    async def _drain(self, apply: Callable[[list[int | float]], Awaitable[list[int | float]]]) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    results = await apply([amount for amount, _ in batch])
+                except BaseException as exc:  # noqa: BLE001 - every caller of the batch gets the error
+                    for _, fut in batch:
+                        if fut.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):
+                            fut.cancel()
+                        else:
+                            fut.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, fut), value in zip(batch, results):
+                    if not fut.done():
+                        fut.set_result(value)
+        finally:
+            self._draining = False
+            if not self._pending and self._table.get(self._name) is self:
+                del self._table[self._name]
+
+
+_combiners: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Combiner]]" = weakref.WeakKeyDictionary()
+
+
+def _combiner(name: str) -> _Combiner:
+    """This event loop's combiner of increments for the variable ``name``."""
+    table = _combiners.setdefault(asyncio.get_running_loop(), {})
+    comb = table.get(name)
+    if comb is None:
+        comb = table[name] = _Combiner(table, name)
+    return comb
+
+
+def _pairs(mapping: Any) -> list[tuple[str, Any]]:
+    """``(key, value)`` pairs of a dict or of an iterable of 2-item pairs; KVValidationError otherwise."""
+    if isinstance(mapping, Mapping):
+        items = list(mapping.items())
+    elif isinstance(mapping, (str, bytes)) or not isinstance(mapping, Iterable):
+        raise KVValidationError(
+            f"mset takes a dict {{key: value}} or a list of (key, value) pairs, got {type(mapping).__name__}"
+        )
+    else:
+        items = []
+        for i, pair in enumerate(mapping):
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise KVValidationError(
+                    f"mset: item {i} must be a (key, value) pair, got {pair!r:.80}; pass a dict or a list of pairs"
+                )
+            items.append((pair[0], pair[1]))
+    for k, _ in items:
+        names.check_key(k)
+    return items
 
 
 def _ident(value: Any) -> bytes:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from aether_prefect.errors import KVError
+from aether_prefect.errors import KVValidationError
 
 MAX_NAME = 255
 _HASH_HEX = 24
@@ -37,19 +37,19 @@ LOCK_KIND = "l"
 
 
 def check_namespace(namespace: str) -> str:
-    """Validate a KV namespace (``[a-z0-9-]``, 1-40 characters); KVError otherwise."""
+    """Validate a KV namespace (``[a-z0-9-]``, 1-40 characters); KVValidationError otherwise."""
     if not isinstance(namespace, str) or not _NAMESPACE.match(namespace):
-        raise KVError(
-            f"kv namespace {namespace!r} is not valid: use 1-40 characters of a-z, 0-9 and '-' "
+        raise KVValidationError(
+            f"kv_namespace {namespace!r} is not valid: use 1-40 characters of a-z, 0-9 and '-' "
             "(set AetherConfig.kv_namespace or the kv_namespace= override)"
         )
     return namespace
 
 
 def check_key(key: object) -> str:
-    """A KV key must be a str (any content); KVError otherwise."""
+    """A KV key must be a str (any content); KVValidationError otherwise."""
     if not isinstance(key, str):
-        raise KVError(f"KV keys must be str, got {type(key).__name__} {key!r}; convert it with str() first")
+        raise KVValidationError(f"KV keys must be str, got {type(key).__name__} {key!r}; convert it with str() first")
     return key
 
 

@@ -28,7 +28,7 @@ from aether_prefect.errors import ConfigError, LLMError, LLMInvalidOutput, Servi
 from aether_prefect.services.base import BoundService
 from aether_prefect.services.llm import _http as llm_http
 from aether_prefect.services.llm._anthropic import Messages
-from aether_prefect.services.llm._budget import BudgetGuard, Reservation
+from aether_prefect.services.llm._budget import BudgetGuard, Reservation, gather_capped
 from aether_prefect.services.llm._gemini import GenerateContent
 from aether_prefect.services.llm._openai import AzureChatCompletions, AzureResponses, ChatCompletions, Responses
 from aether_prefect.services.llm._providers import PROVIDERS, ProviderSpec, provider_spec
@@ -43,6 +43,8 @@ OUTPUT_FORMATS = ("text", "json_object", "json_schema")
 _log = logging.getLogger("aether_prefect.llm")
 #: Texts per embeddings request.
 EMBED_BATCH = 128
+#: Embeddings requests of one embed() call in flight at once.
+EMBED_CONCURRENCY = 4
 #: Characters kept per message in exchange-log artifacts.
 EXCHANGE_MAX_CHARS = 2000
 _RESERVED_BODY_KEYS = frozenset({"messages", "stream", "response_format", "input"})
@@ -272,7 +274,11 @@ class LLMService(BoundService):
     async def _account(self, res: Reservation | None, model: str, usage: Usage) -> None:
         tracker(self.ctx).record(self.profile_name, model, usage)
         if res is not None:
-            await self._budget.commit(res, usage)
+            self._budget.commit(res, usage)
+
+    async def aclose(self) -> None:
+        """Give the unused part of this context's flow-run budget allotment back."""
+        await self._budget.aclose()
 
     def _request(self, client: httpx.AsyncClient, call: HttpCall, extra_headers: dict[str, str] | None = None,
                  *, auth: bool = True, method: str = "POST") -> httpx.Request:
@@ -445,14 +451,19 @@ class LLMService(BoundService):
                             await maybe_await(on_delta(event.text))
                     if event.done:
                         break
-            except httpx.HTTPError as exc:
-                raise llm_http.transport_error(exc, url=call.url, profile=self.profile_name,
-                                               timeout_s=self.profile.timeout_s, secrets=self._secret_list(),
-                                               attempts=1) from None
+            except BaseException as exc:
+                # Failed part-way (or on_delta raised): the provider bills what it streamed; account for it.
+                billed = Usage.billed(self._adapter.stream_usage(raw_usage), msgs, pieces)
+                await self._account(res, model_name, billed)
+                if isinstance(exc, httpx.HTTPError):
+                    raise llm_http.transport_error(exc, url=call.url, profile=self.profile_name,
+                                                   timeout_s=self.profile.timeout_s, secrets=self._secret_list(),
+                                                   attempts=1) from None
+                raise
             finally:
                 await response.aclose()
         text = "".join(pieces)
-        usage = self._adapter.stream_usage(raw_usage)
+        usage = Usage.billed(self._adapter.stream_usage(raw_usage), msgs, pieces)  # estimated if none came
         await self._account(res, model_name, usage)
         await self._log_exchange(msgs, text, usage, model_name)
         return text, usage.as_dict()
@@ -504,7 +515,7 @@ class LLMService(BoundService):
             await self._account(res, model_name, usage)
             return vectors
 
-        results = await asyncio.gather(*(one(b) for b in batches))
+        results = await gather_capped([lambda b=b: one(b) for b in batches], EMBED_CONCURRENCY)
         return [v for part in results for v in part]
 
     async def raw(

@@ -51,6 +51,20 @@ class Usage(BaseModel):
         total = pick("total_tokens") or prompt + completion
         return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
 
+    @classmethod
+    def billed(cls, reported: "Usage", messages: list[dict[str, Any]], pieces: list[str]) -> "Usage":
+        """Usage of a stream: what the provider reported, else (no usage chunk came) an estimate.
+
+        The estimate counts about 4 characters per prompt token and one token per streamed piece, so billed
+        tokens still reach budgets and usage tables when a stream stops part-way or its usage never arrives.
+        """
+        if reported.total_tokens or not pieces:
+            return reported
+        chars = sum(len(m["content"]) if isinstance(m.get("content"), str) else len(json.dumps(m.get("content")))
+                    for m in messages)
+        prompt, completion = -(-chars // 4), len(pieces)
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
     def __add__(self, other: "Usage") -> "Usage":
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,

@@ -75,7 +75,7 @@ def test_set_get_delete_exists_and_default(kv: PrefectKV) -> None:
     assert kv.sync.get("v", "gone") == "gone" and raw_read(kv_names.variable_name(kv.namespace, "v")) is None
 
 
-def test_overwrite_of_existing_key_is_one_request(kv: PrefectKV) -> None:
+def test_overwrite_of_existing_key_is_a_read_and_one_write(kv: PrefectKV) -> None:
     kv.sync.set("hot", 1)
     seen: list[str] = []
 
@@ -92,7 +92,7 @@ def test_overwrite_of_existing_key_is_one_request(kv: PrefectKV) -> None:
             client._client.event_hooks["request"].remove(hook)
 
     run_sync(count())
-    assert len(seen) == 1 and seen[0].startswith("PATCH"), seen
+    assert [s.split()[0] for s in seen] == ["GET", "PATCH"], seen
     assert kv.sync.get("hot") == 2
 
 
@@ -356,3 +356,105 @@ def test_large_values_on_s3(s3_store_block: Any) -> None:
         assert kv.sync.get("s3 big") == big and kv.sync.mget(["s3 big"]) == [big] and len(blobs(kv)) == 1
         kv.sync.set("s3 big", {"small": True})
         assert kv.sync.get("s3 big") == {"small": True} and blobs(kv) == []
+
+
+STALL_CHILD = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, sys
+    from aether_prefect.blocks import AetherConfig, AetherObjectStore
+    from aether_prefect.errors import KVLockLost
+    from aether_prefect.services.kv import PrefectKV, VariablesAPI
+    from aether_prefect.session import open_session
+
+    ns, root, worker = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+    class StallingAPI(VariablesAPI):
+        # Worker 0 stops itself (SIGSTOP) while it holds the lock: after its 10th lock create and at
+        # its 30th read of the counter; the test continues it (SIGCONT) after 3 leases.
+        creates = reads = 0
+
+        async def create(self, name, value):
+            out = await super().create(name, value)
+            if worker == 0 and out is not None and "_l_" in name:
+                StallingAPI.creates += 1
+                if StallingAPI.creates == 10:
+                    os.kill(os.getpid(), signal.SIGSTOP)
+            return out
+
+        async def read(self, name):
+            out = await super().read(name)
+            if worker == 0 and "_k_" in name:
+                StallingAPI.reads += 1
+                if StallingAPI.reads == 30:
+                    os.kill(os.getpid(), signal.SIGSTOP)
+            return out
+
+    async def main():
+        cfg = AetherConfig(kv_namespace=ns, store=AetherObjectStore(backend="local", root=root))
+        async with open_session(config=cfg) as ctx:
+            kv = PrefectKV(ctx, api=StallingAPI())
+            assert kv.lock_lease_s == 2.0
+            await kv.get("warm")
+            print("READY", flush=True)
+            while not os.path.exists(os.path.join(root, "go")):
+                await asyncio.sleep(0.02)
+            ok, lost = [], 0
+            for _ in range(50):
+                try:
+                    ok.append(await kv.incr("counter"))
+                except KVLockLost:
+                    lost += 1
+            print(json.dumps({"ok": ok, "lost": lost}), flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+    except (OSError, IndexError):
+        return False
+
+
+def test_stalled_holder_never_writes_after_its_lease(local_config: AetherConfig, tmp_path: Path) -> None:
+    """4 processes x 50 incr with a 2 s lease; one is SIGSTOPped twice while holding the lock, for 3 leases."""
+    (tmp_path / "store").mkdir(exist_ok=True)
+    script = tmp_path / "kv_stall_child.py"
+    script.write_text(STALL_CHILD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AETHER_KV_LOCK_LEASE_S": "2"}
+    procs = [
+        subprocess.Popen([sys.executable, str(script), local_config.kv_namespace, str(tmp_path / "store"), str(w)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT))
+        for w in range(4)
+    ]
+    stalls = 0
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            assert p.stdout.readline().strip() == "READY", p.stderr.read() if p.stderr else ""
+        (tmp_path / "store" / "go").touch()
+        deadline = time.monotonic() + 240
+        while procs[0].poll() is None and time.monotonic() < deadline:
+            if _stopped(procs[0].pid):
+                stalls += 1
+                time.sleep(6.0)  # three leases: the lock is broken and others move on meanwhile
+                procs[0].send_signal(signal.SIGCONT)
+            time.sleep(0.02)
+        outs = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert stalls == 2 and results[0]["lost"] >= 2  # both stalled operations raised KVLockLost
+    ok = [n for r in results for n in r["ok"]]
+    assert all(len(r["ok"]) + r["lost"] == 50 for r in results)
+    with open_session_sync(config=local_config) as ctx:
+        final = ctx.kv().sync.get("counter")
+    # Every increment that returned is in the counter, once; none that raised was written.
+    assert final == len(ok) and sorted(ok) == list(range(1, final + 1))
