@@ -8,7 +8,8 @@
   calls and tokens have been handed out. A context claims a block of calls and tokens from it with one
   locked KV operation, spends the block locally (no request per call), claims the next block when it runs
   out and gives back what it did not use when it closes. Blocks double while a context keeps claiming
-  (halve after a quiet spell) and never exceed a quarter of what is left, so a slow caller does not hoard.
+  (halve after a quiet spell), cover at least the callers waiting for one (200 concurrent chats: one claim)
+  and never exceed a quarter of what is left, so a slow caller does not hoard.
   A process that dies keeps its block: the unreturned part counts as spent, so the budget is never exceeded.
   A call is refused (nothing sent, nothing counted) when this context's block is empty and the ledger has
   nothing left; until other contexts close, the unused parts of their blocks are not available to it.
@@ -106,6 +107,7 @@ class _Allotment:
         self.calls = 0  # calls in hand
         self.tokens = 0  # tokens in hand (negative: tokens a reply used beyond the block, claimed next time)
         self._block = 1
+        self._waiting = 0
         self._last_claim = -math.inf
         self._tokens_per_call = float(_FIRST_TOKENS_PER_CALL)
         self._kv: "PrefectKV | None" = None
@@ -126,11 +128,16 @@ class _Allotment:
 
     async def take(self) -> None:
         """Take one call from the block, claiming the next block first if needed; LLMBudgetExceeded if none."""
-        while not self._in_hand():
-            async with self._claim_lock():  # one claim at a time per context; the others wait for its block
-                if self._in_hand():
-                    break
-                await self._claim()
+        if not self._in_hand():
+            self._waiting += 1  # callers waiting for a block: the next claim asks for at least one each
+            try:
+                while not self._in_hand():
+                    async with self._claim_lock():  # one claim at a time per context; the others wait for it
+                        if self._in_hand():
+                            break
+                        await self._claim()
+            finally:
+                self._waiting -= 1
         if self.budget.calls is not None:
             self.calls -= 1
 
@@ -149,8 +156,8 @@ class _Allotment:
         now = time.monotonic()
         if now - self._last_claim > _QUIET_S:
             self._block = max(1, self._block // 2)
-        want_calls = self._block
-        want_tokens = max(0, -self.tokens) + max(1, math.ceil(self._block * self._tokens_per_call))
+        want_calls = max(self._block, self._waiting)
+        want_tokens = max(0, -self.tokens) + max(1, math.ceil(want_calls * self._tokens_per_call))
         grant: dict[str, int] = {}
         calls_cap, tokens_cap = self.budget.calls, self.budget.total_tokens
         have_calls, have_tokens = self.calls, self.tokens

@@ -232,3 +232,28 @@ def test_embed_caps_concurrent_batches_and_cancels_the_rest(llm_server: FakeOpen
     asyncio.run(main())
     sent = len(llm_server.requests_to("embeddings"))
     assert 2 <= sent <= EMBED_CONCURRENCY + 1  # never more than the cap in flight; none started after the failure
+
+
+def test_concurrent_calls_share_one_claim(llm_server: FakeOpenAI, local_config: AetherConfig,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """50 concurrent chats in one context: the callers waiting for a block are covered by the next claim."""
+    cfg = _cfg(llm_server, local_config, budget_per_flow_run=LLMBudget(calls=1000))
+    run_id = f"conc-{uuid.uuid4().hex[:8]}"
+    updates: list[str] = []
+    original = PrefectKV.update
+
+    async def counting(self: PrefectKV, key: str, fn: Any, *, ttl_s: float | None = None) -> Any:
+        updates.append(key)
+        return await original(self, key, fn, ttl_s=ttl_s)
+
+    monkeypatch.setattr(PrefectKV, "update", counting)
+
+    async def main() -> None:
+        async with open_session(config=cfg, run_id=run_id) as ctx:
+            await asyncio.gather(*(ctx.llm().chat(f"q{i}") for i in range(50)))
+            assert len(updates) <= 3  # the first caller's claim, then one for the 49 that queued behind it
+        assert len(updates) <= 4  # plus giving the unused part back at close
+
+    asyncio.run(main())
+    assert len(llm_server.requests_to("chat/completions")) == 50
+    assert _ledger(local_config, run_id) == {"calls": 50, "tokens": 0}
