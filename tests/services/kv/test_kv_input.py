@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import uuid
 from collections.abc import Iterator
@@ -85,3 +86,29 @@ def test_small_writes_succeed_with_the_object_store_unreachable(local_config: Ae
         with pytest.raises(StoreError):  # a large value does need the store: a typed error, nothing written
             kv.sync.set("big", "x" * 6000)
         assert kv.sync.get("big") is None
+
+
+def test_concurrent_increments_in_one_process_share_locked_writes(local_config: AetherConfig) -> None:
+    """Increments of one key that arrive while its lock is busy go in the next locked write, each its own result."""
+    from aether_prefect.services.kv import VariablesAPI
+
+    locks: list[str] = []
+
+    class Counting(VariablesAPI):
+        async def create(self, name: str, value: Any) -> Any:
+            if "_l_" in name:
+                locks.append(name)
+            return await super().create(name, value)
+
+    async def main() -> list[Any]:
+        from aether_prefect.session import open_session
+
+        async with open_session(config=local_config) as ctx:
+            kv = PrefectKV(ctx, api=Counting())
+            results = await asyncio.gather(*(kv.incr("hits", 2) for _ in range(20)), kv.incr("hits", 0.5))
+            assert await kv.get("hits") == 40.5
+            return list(results)
+
+    results = asyncio.run(main())
+    assert sorted(results[:20]) == list(range(2, 42, 2)) and results[20] == 40.5  # each caller its own value
+    assert 1 <= len(locks) <= 3  # one lock for the first, one for everything that queued behind it
