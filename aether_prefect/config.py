@@ -140,10 +140,3 @@ async def aresolve_config(config: AetherConfig | str | None = None) -> AetherCon
         return await _load_saved(_check_name(env_name), missing_ok=False)  # type: ignore[return-value]
     saved = await _load_saved(DEFAULT_BLOCK_NAME, missing_ok=True)
     return saved if saved is not None else embedded_defaults()
-
-
-def resolve_config(config: AetherConfig | str | None = None) -> AetherConfig:
-    """Blocking twin of :func:`aresolve_config`."""
-    from aether_prefect._sync import run_sync
-
-    return run_sync(aresolve_config(config))

@@ -8,18 +8,31 @@ worker runs it, and closed when the attempt ends, success or failure.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
-from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from collections.abc import AsyncGenerator, Callable, Generator, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from aether_prefect._overrides import KNOWN_OVERRIDES, RuntimeOverrides, parse_overrides
 from aether_prefect._sync import run_sync
+from aether_prefect.blocks import AetherConfig
+from aether_prefect.budgets import LLMBudget
 from aether_prefect.context import NodeContext, _reset_current, _set_current
 from aether_prefect.config import cached_config
 from aether_prefect.session import context_for, make_context
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
+
+if TYPE_CHECKING:  # only for the typed overloads of aether_task: Prefect's own keyword types
+    from prefect import Task
+    from prefect.assets import Asset
+    from prefect.cache_policies import CachePolicy
+    from prefect.context import TaskRunContext
+    from prefect.results import ResultSerializer, ResultStorage
+    from prefect.tasks import RetryConditionCallable, StateHookCallable, TaskRunNameValueOrCallable
+    from prefect.utilities.annotations import NotSet
 
 _HOW = (
     "add a keyword-only parameter named 'context' (or annotated NodeContext) without a default, e.g. "
@@ -97,10 +110,86 @@ def _wrap(fn: Callable[..., Any], overrides: RuntimeOverrides, kind: str) -> Cal
         return context_for(config, run_id=None, graph_id="adhoc", node_id=node_default, overrides=overrides,
                            use_run_names=True)
 
-    if inspect.iscoroutinefunction(fn):
+    def _close_sync(ctx: NodeContext) -> None:
+        if not (kind == "task" and ctx.close_nowait()):
+            run_sync(_finish(ctx, kind))
+
+    wrapper: Callable[..., Any]
+    if inspect.isasyncgenfunction(fn):
 
         @functools.wraps(fn)
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncGenerator[Any, Any]:
+            # The context stays open for the whole iteration and is current only while the body runs.
+            ctx = await _build()
+            try:
+                call_args, call_kwargs = _call(sig, pname, public, ctx, args, kwargs)
+                agen = fn(*call_args, **call_kwargs)
+                to_send: Any = None
+                error: BaseException | None = None
+                while True:
+                    token = _set_current(ctx)
+                    try:
+                        item = await (agen.athrow(error) if error is not None else agen.asend(to_send))
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        _reset_current(token)
+                    error = None
+                    try:
+                        to_send = yield item
+                    except GeneratorExit:
+                        token = _set_current(ctx)
+                        try:
+                            await agen.aclose()
+                        finally:
+                            _reset_current(token)
+                        raise
+                    except BaseException as exc:  # thrown in by the consumer: hand it to the body
+                        error, to_send = exc, None
+            finally:
+                await _finish(ctx, kind)
+
+        wrapper = agen_wrapper
+
+    elif inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
+            ctx = _build_sync()
+            try:
+                call_args, call_kwargs = _call(sig, pname, public, ctx, args, kwargs)
+                gen = fn(*call_args, **call_kwargs)
+                to_send: Any = None
+                error: BaseException | None = None
+                while True:
+                    token = _set_current(ctx)
+                    try:
+                        item = gen.throw(error) if error is not None else gen.send(to_send)
+                    except StopIteration as stop:
+                        return stop.value
+                    finally:
+                        _reset_current(token)
+                    error = None
+                    try:
+                        to_send = yield item
+                    except GeneratorExit:
+                        token = _set_current(ctx)
+                        try:
+                            gen.close()
+                        finally:
+                            _reset_current(token)
+                        raise
+                    except BaseException as exc:  # thrown in by the consumer: hand it to the body
+                        error, to_send = exc, None
+            finally:
+                _close_sync(ctx)
+
+        wrapper = gen_wrapper
+
+    elif inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx = await _build()
             token = _set_current(ctx)
             try:
@@ -110,10 +199,12 @@ def _wrap(fn: Callable[..., Any], overrides: RuntimeOverrides, kind: str) -> Cal
                 _reset_current(token)
                 await _finish(ctx, kind)
 
+        wrapper = async_wrapper
+
     else:
 
         @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:  # type: ignore[misc]
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             ctx = _build_sync()
             token = _set_current(ctx)
             try:
@@ -121,8 +212,9 @@ def _wrap(fn: Callable[..., Any], overrides: RuntimeOverrides, kind: str) -> Cal
                 return fn(*call_args, **call_kwargs)
             finally:
                 _reset_current(token)
-                if not (kind == "task" and ctx.close_nowait()):
-                    run_sync(_finish(ctx, kind))
+                _close_sync(ctx)
+
+        wrapper = sync_wrapper
 
     wrapper.__signature__ = public  # type: ignore[attr-defined]
     # Prefect 3.9 derives task_key and cache hashes from this, so each task keeps its own identity.
@@ -134,10 +226,8 @@ def _wrap(fn: Callable[..., Any], overrides: RuntimeOverrides, kind: str) -> Cal
 async def _finish(ctx: NodeContext, kind: str) -> None:
     await ctx.aclose()
     if kind == "flow" and ctx.flow_run_id:
-        try:
-            from aether_prefect.services.llm._usage import publish_flow_usage
-        except ImportError:  # usage roll-up not installed in this build
-            return
+        from aether_prefect.services.llm._usage import publish_flow_usage
+
         await publish_flow_usage(ctx.flow_run_id, flow_name=ctx.graph_id, quiet=True)
 
 
@@ -147,9 +237,56 @@ def _split(kwargs: dict[str, Any]) -> tuple[RuntimeOverrides, dict[str, Any]]:
 
 
 @overload
-def aether_task(fn: F, /) -> Any: ...
+def aether_task(fn: Callable[..., R], /) -> "Task[..., R]": ...
 @overload
-def aether_task(fn: None = None, /, **kwargs: Any) -> Callable[[F], Any]: ...
+def aether_task(fn: "classmethod[Any, ..., R] | staticmethod[..., R]", /) -> "Task[..., R]": ...
+@overload
+def aether_task(
+    fn: None = None,
+    /,
+    *,
+    # Prefect's task keywords (prefect.tasks.task), passed through unchanged
+    name: str | None = None,
+    description: str | None = None,
+    tags: Iterable[str] | None = None,
+    version: str | None = None,
+    cache_policy: "CachePolicy | type[NotSet]" = ...,
+    cache_key_fn: "Callable[[TaskRunContext, dict[str, Any]], str | None] | None" = None,
+    cache_expiration: datetime.timedelta | None = None,
+    task_run_name: "TaskRunNameValueOrCallable | None" = None,
+    retries: int = 0,
+    retry_delay_seconds: float | int | list[float] | Callable[[int], list[float]] | None = None,
+    retry_jitter_factor: float | None = None,
+    persist_result: bool | None = None,
+    result_storage: "ResultStorage | None" = None,
+    result_storage_key: str | None = None,
+    result_serializer: "ResultSerializer | None" = None,
+    cache_result_in_memory: bool = True,
+    timeout_seconds: int | float | None = None,
+    log_prints: bool | None = None,
+    refresh_cache: bool | None = None,
+    on_completion: "list[StateHookCallable] | None" = None,
+    on_failure: "list[StateHookCallable] | None" = None,
+    on_running: "list[StateHookCallable] | None" = None,
+    retry_condition_fn: "RetryConditionCallable | None" = None,
+    viz_return_value: Any = None,
+    asset_deps: "list[str | Asset] | None" = None,
+    # ours: the config and the runtime overrides of the context
+    config: AetherConfig | str | None = None,
+    session_id: str | None = None,
+    memory_level: str | None = None,
+    max_concurrency: int | None = None,
+    llm_budget: LLMBudget | None = None,
+    kv_namespace: str | None = None,
+    store: Any = None,
+    llm: Any = None,
+    artifacts: Any = None,
+    kv: Any = None,
+    memory: Any = None,
+    mcp: Any = None,
+    rag: Any = None,
+    channel: Any = None,
+) -> "Callable[[Callable[..., R]], Task[..., R]]": ...
 
 
 def aether_task(fn: Any = None, /, **kwargs: Any) -> Any:
@@ -157,13 +294,21 @@ def aether_task(fn: Any = None, /, **kwargs: Any) -> Any:
 
     Every ``prefect.task`` keyword passes through (``retries``, ``cache_policy``,
     ``task_run_name``...); ``config=`` and the rt_overrides (``llm_budget=``,
-    ``memory_level=``...) are ours.
+    ``memory_level=``...) are ours. Like ``@task``, it takes functions, coroutine
+    functions, (async) generator functions, and ``@classmethod``/``@staticmethod`` objects.
+    Example: ``@aether_task(retries=2)`` over ``def clean(path: str, *, context: NodeContext) -> int: ...``
     """
-    from prefect import task
-
     overrides, prefect_kwargs = _split(dict(kwargs))
     if fn is None:
-        return lambda f: task(_wrap(f, overrides, "task"), **prefect_kwargs)
+        return lambda f: _task(f, overrides, prefect_kwargs)
+    return _task(fn, overrides, prefect_kwargs)
+
+
+def _task(fn: Any, overrides: RuntimeOverrides, prefect_kwargs: dict[str, Any]) -> Any:
+    from prefect import task
+
+    if isinstance(fn, (classmethod, staticmethod)):  # Prefect binds cls / nothing itself, as for @task
+        return task(type(fn)(_wrap(fn.__func__, overrides, "task")), **prefect_kwargs)
     if not callable(fn):
         raise TypeError(f"@aether_task decorates a function, got {type(fn).__name__} {fn!r}")
     return task(_wrap(fn, overrides, "task"), **prefect_kwargs)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import pickle
+from typing import Any
 
 import pytest
-from prefect import flow
+from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from aether_prefect import NodeContext, aether_flow, aether_task, current_context
@@ -222,3 +223,124 @@ def test_positional_context_and_parameters_schema() -> None:
 
     assert set(parameter_schema(fl.fn).properties) == {"n"}
     assert set(parameter_schema(mid.fn).properties) == {"a", "b"}
+
+
+# -- generator tasks (#17.21) and class/static methods (#17.22) ------------------------------------------
+
+GEN_SEEN: list[tuple[str, bool]] = []
+
+
+@aether_task
+def count_up(n: int, *, context: NodeContext) -> Any:
+    for i in range(n):
+        GEN_SEEN.append((context.node_id, current_context() is context and not context.closed))
+        yield i
+
+
+@aether_task
+async def acount_up(n: int, *, context: NodeContext) -> Any:
+    from prefect.context import TaskRunContext
+
+    for i in range(n):
+        await asyncio.sleep(0)
+        GEN_SEEN.append((context.node_id, current_context() is context and TaskRunContext.get() is not None
+                         and not context.closed))
+        yield i
+
+
+def test_generator_task_yields_every_item_like_task() -> None:
+    GEN_SEEN.clear()
+    assert list(count_up(3)) == [0, 1, 2]
+    assert len(GEN_SEEN) == 3 and all(ok for _, ok in GEN_SEEN) and GEN_SEEN[0][0].startswith("count_up")
+
+    @flow
+    def f() -> list[int]:
+        return list(count_up(2))
+
+    assert f() == [0, 1]
+
+
+def test_async_generator_task_runs_inside_its_task_run() -> None:
+    GEN_SEEN.clear()
+
+    async def consume() -> list[int]:
+        return [i async for i in acount_up(3)]
+
+    assert asyncio.run(consume()) == [0, 1, 2]
+    assert len(GEN_SEEN) == 3 and all(ok for _, ok in GEN_SEEN), GEN_SEEN
+
+
+def test_generator_context_closes_when_finished_or_closed() -> None:
+    contexts: list[NodeContext] = []
+
+    @aether_task
+    def gen(*, context: NodeContext) -> Any:
+        contexts.append(context)
+        context.kv()  # an I/O service, so closing goes through aclose()
+        yield 1
+        yield 2
+
+    assert list(gen()) == [1, 2] and contexts[-1].closed
+
+    it = gen()
+    assert next(it) == 1 and not contexts[-1].closed  # open for the whole iteration
+    it.close()
+    assert contexts[-1].closed
+    with pytest.raises(LookupError):
+        current_context()  # nothing leaks to the consumer
+
+
+def test_generator_task_failure_and_retries_match_task() -> None:
+    """Retries and failure states of generator tasks: the same outcome as with @task."""
+
+    def outcome(decorate: Any) -> tuple[Any, int]:
+        attempts: list[int] = []
+
+        def body(**_: Any) -> Any:
+            attempts.append(1)
+            yield len(attempts)
+            if len(attempts) < 2:
+                raise ValueError("first attempt fails after one item")
+
+        if decorate is aether_task:
+            def flaky(*, context: NodeContext) -> Any:
+                yield from body()
+        else:
+            def flaky() -> Any:  # type: ignore[misc]
+                yield from body()
+
+        t = decorate(retries=1, retry_delay_seconds=0)(flaky)
+
+        @flow
+        def f() -> list[int]:
+            return list(t())
+
+        try:
+            return f(), len(attempts)
+        except ValueError as exc:
+            return repr(exc), len(attempts)
+
+    assert outcome(aether_task) == outcome(task)
+
+
+class Scaler:
+    factor = 3
+
+    @aether_task
+    @classmethod
+    def scale(cls, x: int, *, context: NodeContext) -> tuple[int, str]:
+        return x * cls.factor, context.node_id
+
+    @aether_task(retries=0)
+    @staticmethod
+    def double(x: int, *, context: NodeContext) -> tuple[int, bool]:
+        return 2 * x, current_context() is context
+
+
+def test_classmethod_and_staticmethod_tasks() -> None:
+    @flow
+    def f() -> tuple[Any, Any, Any]:
+        return Scaler.scale(2), Scaler.double(4), Scaler.double.submit(5).result()
+
+    (scaled, node), doubled, submitted = f()
+    assert scaled == 6 and node.startswith("scale") and doubled == (8, True) and submitted == (10, True)
