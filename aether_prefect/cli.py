@@ -59,11 +59,37 @@ async def _load_saved(name: str | None) -> tuple[str, AetherConfig, bool]:
     return label, config, saved
 
 
+def _in_effect(config: AetherConfig) -> tuple[dict[str, Any], list[str]]:
+    """The config as services will use it (secrets masked), and one note per value filled in from a default.
+
+    A config with no store uses the local directory under ``$PREFECT_HOME``; one with no ``default`` LLM
+    profile uses ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` when they are set. Show those, not ``null``.
+    """
+    from aether_prefect.config import llm_profile, store_config
+    from aether_prefect.services.stores import open_store
+
+    shown = _masked(config)
+    notes: list[str] = []
+    if config.store is None:
+        block = store_config(config)
+        shown["store"] = json.loads(block.model_dump_json())
+        notes.append(f"store: none saved, so the embedded local store is used: {open_store(block)!r}")
+    if "default" not in config.llm:
+        env_profile = llm_profile(config, "default")
+        if env_profile is not None:
+            shown.setdefault("llm", {})["default"] = json.loads(env_profile.model_dump_json())
+            notes.append("llm 'default': none saved, so it comes from OPENAI_API_KEY / OPENAI_BASE_URL / AETHER_LLM_MODEL")
+    return shown, notes
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
-    """Print the resolved config with secrets masked."""
+    """Print the config in effect with secrets masked (defaults filled in, each said where it comes from)."""
     label, config, saved = asyncio.run(_load_saved(args.name))
     print(f"# AetherConfig {label!r}" + ("" if saved else " (embedded defaults: nothing saved)"))
-    print(json.dumps(_masked(config), indent=2, default=str))
+    shown, notes = _in_effect(config)
+    for note in notes:
+        print(f"# {note}")
+    print(json.dumps(shown, indent=2, default=str))
     return 0
 
 

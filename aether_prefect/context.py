@@ -241,6 +241,21 @@ class NodeContext:
 
         return llm_profile(self._config, profile)
 
+    def _llm_profiles_in_effect(self) -> list[str]:
+        """Every LLM profile name this context resolves, with where an implicit one comes from."""
+        from aether_prefect.config import llm_profile
+
+        names = set(self._config.llm) | set(self._llm_keys)
+        ov = self.overrides.llm
+        if isinstance(ov, dict):
+            names |= set(ov)
+        elif isinstance(ov, AetherLLMProfile):
+            names.add("default")
+        labels = {n: n for n in names}
+        if "default" not in names and llm_profile(self._config, "default") is not None:
+            labels["default"] = "default (from OPENAI_API_KEY / OPENAI_BASE_URL)"
+        return [labels[n] for n in sorted(labels)]
+
     def llm(self, profile: str = "default", **overrides: Any) -> Any:
         """The LLM client of ``profile`` (any provider); ``overrides`` replace profile fields for this call site."""
         ov = self.overrides.llm
@@ -250,7 +265,7 @@ class NodeContext:
             raise TypeError(f"profile must be a non-empty str, got {profile!r}")
         prof = self.llm_profile(profile)
         if prof is None:
-            configured = sorted(set(self._config.llm) | set(self._llm_keys))
+            configured = self._llm_profiles_in_effect()
             raise ServiceNotConfigured(
                 f"LLM profile {profile!r}",
                 block_type="AetherLLMProfile",

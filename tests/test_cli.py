@@ -44,6 +44,30 @@ def test_config_show_missing_name_is_one_clear_line() -> None:
     assert "Traceback" not in out.stderr
 
 
+def _shown(stdout: str) -> dict:
+    """The JSON part of `config show` (after its '# ...' comment lines)."""
+    import json
+
+    return json.loads("\n".join(line for line in stdout.splitlines() if not line.startswith("#")))
+
+
+def test_config_show_with_nothing_saved_shows_what_is_in_effect(tmp_path: Path) -> None:
+    """No saved config: the local store under $PREFECT_HOME and the env LLM profile are shown, not null (#17.20)."""
+    home = tmp_path / "home"
+    out = cli("config", "show", env={"PREFECT_HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    shown = _shown(out.stdout)
+    assert "nothing saved" in out.stdout and shown["llm"] == {}
+    assert shown["store"]["backend"] == "local" and shown["store"]["root"] == str(home)
+    assert f"LocalStore(root='{(home / 'aether').resolve()}')" in out.stdout
+
+    out = cli("config", "show", env={"PREFECT_HOME": str(home), "OPENAI_API_KEY": SECRET, "AETHER_LLM_MODEL": "m-env"})
+    assert out.returncode == 0, out.stderr
+    shown = _shown(out.stdout)
+    assert shown["llm"]["default"]["model"] == "m-env" and shown["llm"]["default"]["api_key"] == "**********"
+    assert "OPENAI_API_KEY" in out.stdout and SECRET not in out.stdout + out.stderr
+
+
 def test_doctor_all_ok_then_a_failing_profile(local_config: AetherConfig, llm_server) -> None:  # type: ignore[no-untyped-def]
     good = f"doc-{uuid.uuid4().hex[:8]}"
     local_config.model_copy(update={

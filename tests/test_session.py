@@ -216,3 +216,21 @@ def test_a_script_exits_clean_and_its_mirrored_events_reach_the_server(tmp_path:
     assert proc.returncode == 0 and "DONE" in proc.stdout, proc.stderr[-3000:]
     assert "Still processing items" not in proc.stderr, proc.stderr[-3000:]
     assert _events_named(f"aether.memory.{kind}", 20) == 20
+
+
+def test_unknown_profile_error_lists_the_profiles_in_effect(local_config: AetherConfig,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Profiles from the environment and from overrides are named, not "none" (#17.20)."""
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with open_session_sync(config=local_config) as ctx:
+        assert ctx.llm_profile() is not None  # the environment configures `default`
+        with pytest.raises(ServiceNotConfigured) as info:
+            ctx.llm("fast")
+    msg = str(info.value)
+    assert "configured profiles: default (from OPENAI_API_KEY" in msg and "none" not in msg and SECRET not in msg
+
+    cfg = local_config.model_copy(update={"llm": {"big": AetherLLMProfile(model="m")}})
+    with open_session_sync(config=cfg, llm={"small": AetherLLMProfile(model="s")}) as ctx:
+        ctx.llm_set_key("openai", "sk-x", model="x", profile="keyed")
+        with pytest.raises(ServiceNotConfigured, match=r"configured profiles: big, default \(from OPENAI.*keyed, small"):
+            ctx.llm("fast")
