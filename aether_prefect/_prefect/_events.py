@@ -38,7 +38,7 @@ def pending() -> bool:
     return _pending.is_set()
 
 
-def flush(timeout_s: float = 10.0) -> bool:
+def flush(timeout_s: float = 30.0) -> bool:
     """Block until Prefect's events worker has sent every queued event (at most ``timeout_s``); True if it did.
 
     Uses the worker's public ``wait_until_empty`` (the worker keeps running; a later emit needs no restart).
@@ -67,7 +67,7 @@ def flush(timeout_s: float = 10.0) -> bool:
     return True
 
 
-async def aflush(timeout_s: float = 10.0) -> bool:
+async def aflush(timeout_s: float = 30.0) -> bool:
     """Async twin of :func:`flush`: returns at once when nothing is pending, else waits on a worker thread."""
     if not _pending.is_set():
         return True
