@@ -74,6 +74,10 @@ profile = AetherLLMProfile.load("BLOCK_NAME")
     max_output_tokens: int | None = Field(
         default=None, ge=1, description="Default reply token cap (Anthropic requires one: 4096 when unset)."
     )
+    reasoning: bool | None = Field(
+        default=None, description="Send reasoning-model parameters (max_completion_tokens, no temperature); "
+        "unset means decide from the model name (o1, o3, o4, gpt-5 families), e.g. set it for an Azure deployment.",
+    )
     reasoning_effort: Literal["minimal", "low", "medium", "high", "xhigh", "max"] | None = Field(
         default=None, description="Reasoning effort sent to OpenAI reasoning models (o1, o3, o4, gpt-5)."
     )
@@ -112,6 +116,10 @@ profile = AetherLLMProfile.load("BLOCK_NAME")
             data.setdefault("api", _ENDPOINT_APIS.get(str(endpoint), "chat"))
         deployment = data.pop("azure_deployment", None)
         if deployment:
+            from aether_prefect.services.llm._providers import is_reasoning_model
+
+            if data.get("reasoning") is None and is_reasoning_model(data.get("model")):
+                data["reasoning"] = True  # the model name is about to be replaced by the deployment's
             data["model"] = deployment  # our Azure profiles name the deployment in model
         retry = data.pop("retry", None)
         attempts = retry.get("max_attempts") if isinstance(retry, dict) else getattr(retry, "max_attempts", None)

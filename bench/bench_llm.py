@@ -284,8 +284,90 @@ async def main() -> None:
         proc.wait(timeout=10)
 
 
+def start_server(module: str, cls: str, probe: str, headers: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """A loopback provider server (tests/servers/<module>.py) in a subprocess; returns (process, root URL)."""
+    port = free_port()
+    code = f"import time; from tests.servers.{module} import {cls}; {cls}(port={port}).start(); time.sleep(10**6)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=str(common.ROOT), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    root = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            httpx.get(f"{root}{probe}", headers=headers, timeout=1)
+            return proc, root
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{cls} did not start")
+
+
+async def provider_loopback_rows(n: int = 60, rounds: int = 3) -> list[dict[str, Any]]:
+    """One chat per provider over loopback to its own wire format's server: ours vs raw httpx, paired rounds."""
+    from pydantic import SecretStr
+
+    from aether_prefect.blocks import AetherConfig, AetherLLMProfile
+    from aether_prefect.session import open_session
+    from tests.servers.anthropic_server import FAKE_ANTHROPIC_KEY
+    from tests.servers.gemini_server import FAKE_GOOGLE_KEY
+
+    procs = {
+        "openai": start_server("openai_server", "FakeOpenAI", "/v1/models", {"Authorization": f"Bearer {FAKE_API_KEY}"}),
+        "anthropic": start_server("anthropic_server", "FakeAnthropic", "/v1/models", {"x-api-key": FAKE_ANTHROPIC_KEY}),
+        "gemini": start_server("gemini_server", "FakeGemini", "/v1beta/models", {"x-goog-api-key": FAKE_GOOGLE_KEY}),
+    }
+    root = {k: v[1] for k, v in procs.items()}
+    keys = {"openai": FAKE_API_KEY, "anthropic": FAKE_ANTHROPIC_KEY, "gemini": FAKE_GOOGLE_KEY}
+    cases = {  # profile name: (wire, server, profile fields, model)
+        "openai": ("openai", "openai", dict(provider="openai", base_url=f"{root['openai']}/v1"), "fake-chat"),
+        "responses": ("responses", "openai", dict(provider="openai", api="responses",
+                                                  base_url=f"{root['openai']}/v1"), "fake-chat"),
+        "azure": ("azure", "openai", dict(provider="azure", base_url=root["openai"]), "m"),
+        "anthropic": ("anthropic", "anthropic", dict(provider="anthropic", base_url=root["anthropic"]), "m"),
+        "gemini": ("gemini", "gemini", dict(provider="google", base_url=root["gemini"]), "m"),
+    }
+    config = AetherConfig(llm={name: AetherLLMProfile(api_key=SecretStr(keys[srv]), model=model, **fields)
+                               for name, (_, srv, fields, model) in cases.items()},
+                          kv_namespace=f"bench{os.getpid()}")
+    rows = []
+    try:
+        async with httpx.AsyncClient() as raw, open_session(config=config) as ctx:
+            for name, (wire, srv, _, model) in cases.items():
+                llm = ctx.llm(name)
+                base = root[srv] + ("/v1" if wire in ("openai", "responses") else "")
+
+                async def raw_one(i: int, wire: str = wire, base: str = base, srv: str = srv, model: str = model) -> None:
+                    url, body, headers, params = _raw_request(wire, i)
+                    url = url.replace(_BASE, base)
+                    body = {**body, "model": model} if "model" in body else body
+                    headers = {k: v.replace(FAKE_API_KEY, keys[srv]) for k, v in headers.items()}
+                    r = await raw.post(url.replace("/models/m:", f"/models/{model}:"), json=body, headers=headers,
+                                       params=params or None)
+                    r.raise_for_status()
+                    _raw_read(wire, r.json())
+
+                async def ours_one(i: int, llm: Any = llm) -> None:
+                    await llm.chat(f"question number {i}")
+
+                ratios, raw_ms, ours_ms = [], [], []
+                for _ in range(rounds):
+                    r, o = await paired_ms(raw_one, ours_one, n=n)
+                    ratios.append(o / r)
+                    raw_ms.append(r)
+                    ours_ms.append(o)
+                rows.append(common.row(f"chat over loopback, {name} ({wire} wire) vs raw httpx", statistics.median(ours_ms),
+                                       statistics.median(raw_ms), "ms", target=1.10))
+                rows.append(common.row(f"  median of {rounds} paired-round ratios, {name}", statistics.median(ratios),
+                                       None, "x", target=1.10))
+    finally:
+        for proc, _ in procs.values():
+            proc.terminate()
+            proc.wait(timeout=10)
+    return rows
+
+
 async def providers_only() -> None:
-    common.report("llm-providers", await provider_overhead_rows())
+    rows = await provider_loopback_rows()
+    rows += await provider_overhead_rows()
+    common.report("llm-providers", rows)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,9 @@ def _json_problem(text: str, schema: dict[str, Any] | None) -> str | None:
     return f"the reply does not match the JSON schema: {error.message} (at {error.json_path})"
 
 
+_NO_SLOT = contextlib.nullcontext()
+
+
 def _adapter(spec: ProviderSpec, profile: AetherLLMProfile, base_url: str) -> Adapter:
     """The wire-format adapter of a provider (and, for OpenAI and Azure, of the profile's ``api``)."""
     if spec.wire == "anthropic":
@@ -199,6 +202,8 @@ class LLMService(BoundService):
             base = base.rstrip("/").removesuffix("/openai")
         self.base_url: str = base.rstrip("/")
         self._adapter = _adapter(spec, profile, self.base_url)
+        self._timeout = httpx.Timeout(profile.timeout_s)
+        self._client_cache: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
 
     def __repr__(self) -> str:
         return (f"LLMService(profile={self.profile_name!r}, provider={self.provider!r}, "
@@ -254,19 +259,23 @@ class LLMService(BoundService):
             )
         return chosen
 
-    @contextlib.asynccontextmanager
-    async def _slot(self) -> AsyncIterator[None]:
-        """Hold one of the context's ``max_concurrency`` slots (no cap when unset)."""
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        """One of the context's ``max_concurrency`` slots (no cap when unset: a no-op, no generator per call)."""
         limit = self.ctx.max_concurrency
         if not limit:
-            yield
-            return
+            return _NO_SLOT
         sem: asyncio.Semaphore = self.ctx._service("llm-limiter", lambda: asyncio.Semaphore(limit))
-        async with sem:
-            yield
+        return sem
 
     def _client(self) -> httpx.AsyncClient:
-        return llm_http.pooled_client(self._transport)
+        """The pooled client of the running loop (looked up once per loop by this service)."""
+        loop = asyncio.get_running_loop()
+        cached = self._client_cache
+        if cached is not None and cached[0] is loop and not cached[1].is_closed:
+            return cached[1]
+        client = llm_http.pooled_client(self._transport)
+        self._client_cache = (loop, client)
+        return client
 
     async def _reserve(self) -> Reservation | None:
         return await self._budget.acquire() if self._budget.active else None
@@ -282,10 +291,10 @@ class LLMService(BoundService):
 
     def _request(self, client: httpx.AsyncClient, call: HttpCall, extra_headers: dict[str, str] | None = None,
                  *, auth: bool = True, method: str = "POST") -> httpx.Request:
-        headers = {**call.headers, **(extra_headers or {})}
+        headers = {**call.headers, **extra_headers} if extra_headers else call.headers
         return client.build_request(
             method, call.url, json=call.body, params=call.params or None, headers=self._headers(headers, auth=auth),
-            timeout=httpx.Timeout(self.profile.timeout_s),
+            timeout=self._timeout,
         )
 
     async def _send(self, call: HttpCall, extra_headers: dict[str, str] | None = None, *, auth: bool = True,
@@ -317,7 +326,7 @@ class LLMService(BoundService):
     def _chat_spec(self, messages: list[dict[str, Any]], model: str, output_format: str,
                    schema_spec: dict[str, Any] | None, max_output_tokens: int | None, tools: Any,
                    tool_choice: Any, kw: dict[str, Any]) -> ChatSpec:
-        reserved = sorted(set(kw) & _RESERVED_BODY_KEYS)
+        reserved = sorted(set(kw) & _RESERVED_BODY_KEYS) if kw else None
         if reserved:
             raise ValidationError(f"{reserved[0]!r} cannot be passed as an extra keyword; use the named parameters")
         if max_output_tokens is not None:
@@ -378,11 +387,12 @@ class LLMService(BoundService):
                 await self._account(res, model_name, Usage())
                 raise
             await self._account(res, model_name, reply.usage)
-            total = total + reply.usage
+            total = reply.usage if attempt == 0 else total + reply.usage
             self.last_response = data
             self.last_tool_calls = reply.tool_calls
             text = reply.text
-            await self._log_exchange(spec.messages, text, reply.usage, model_name)
+            if self.profile.log_exchanges:
+                await self._log_exchange(spec.messages, text, reply.usage, model_name)
             if output_format == "text":
                 return text, total.as_dict()
             problem = _json_problem(text, schema["schema"] if schema else None)

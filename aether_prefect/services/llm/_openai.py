@@ -66,6 +66,11 @@ class ChatCompletions(Adapter):
     def _url(self, endpoint: str, model: str) -> tuple[str, dict[str, str]]:
         return f"{self.base_url}/{endpoint}", {}
 
+    def _reasoning(self, model: str) -> bool:
+        """The profile's ``reasoning`` when set, else a guess from the model name."""
+        forced = self.profile.reasoning
+        return forced if forced is not None else is_reasoning_model(model)
+
     def _with_model(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         return {"model": model, **body}
 
@@ -75,7 +80,7 @@ class ChatCompletions(Adapter):
             body["response_format"] = {"type": "json_object"}
         elif spec.output_format == "json_schema":
             body["response_format"] = {"type": "json_schema", "json_schema": spec.schema_spec}
-        reasoning = is_reasoning_model(spec.model)
+        reasoning = self._reasoning(spec.model)
         if spec.max_output_tokens is not None:
             body["max_completion_tokens" if reasoning else "max_tokens"] = spec.max_output_tokens
         if spec.tools is not None:
@@ -183,7 +188,7 @@ class Responses(ChatCompletions):
             name = forced_tool(spec.tool_choice)
             body["tool_choice"] = {"type": "function", "name": name} if name else spec.tool_choice
         body.update(spec.extra)
-        if is_reasoning_model(spec.model):
+        if self._reasoning(spec.model):
             _reasoning_knobs(body, spec.model, self.profile.reasoning_effort, responses=True)
         if stream:
             body["stream"] = True

@@ -6,6 +6,7 @@ accepted before. ``context.llm_set_key`` and ``LLMService`` both read this table
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -78,6 +79,7 @@ def default_base_url(name: str) -> str | None:
     return spec.base_url if spec else None
 
 
+@functools.lru_cache(maxsize=256)
 def is_reasoning_model(model: str | None) -> bool:
     """True for OpenAI reasoning families (o1, o3, o4-mini, gpt-5...), also behind a router prefix (openai/o3)."""
     return bool(model) and REASONING_MODEL_RE.match(model or "") is not None

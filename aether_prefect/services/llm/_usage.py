@@ -125,14 +125,6 @@ class UsageTracker:
         """Copies of the rows, sorted by profile and model."""
         return [self._rows[k].model_copy() for k in sorted(self._rows)]
 
-    def totals(self) -> UsageRow:
-        """Everything summed (profile and model '*')."""
-        total = UsageRow(profile="*", model="*")
-        for r in self._rows.values():
-            total.add(Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
-                            total_tokens=r.total_tokens), calls=r.calls)
-        return total
-
     async def aclose(self) -> None:
         """Publish the table once, if calls were made inside a Prefect run."""
         if not self._rows or not self._ctx.flow_run_id or self.published_artifact_id:

@@ -73,6 +73,10 @@ def test_aethergraph_profile_fields_load_unchanged() -> None:
                             endpoint_id="azure_responses", retry={"max_attempts": 2}, thinking_budget=4096,
                             reasoning_summary="auto", vision_enabled=False, api_key_ref=None)
     assert (prof.model, prof.timeout_s, prof.api, prof.max_retries) == ("my-dep", 12.5, "responses", 1)
+    assert prof.reasoning is None  # gpt-4o-mini is no reasoning model
+    o3 = AetherLLMProfile(provider="azure", model="o3-mini", azure_deployment="prod-reasoner",
+                          base_url="https://res.openai.azure.com")
+    assert (o3.model, o3.reasoning) == ("prod-reasoner", True)  # the deployment keeps the family's parameters
     assert "thinking_budget" not in prof.model_dump()
 
 
@@ -89,15 +93,20 @@ def test_not_reasoning_families(model: str | None) -> None:
 def test_reasoning_model_gets_max_completion_tokens(llm_server: FakeOpenAI, local_config: AetherConfig) -> None:
     cfg = local_config.model_copy(update={"llm": {
         "default": llm_server.profile(model="o3-mini", reasoning_effort="low"),
-        "plain": llm_server.profile(model="gpt-4o-mini")}})
+        "plain": llm_server.profile(model="gpt-4o-mini"),
+        "azure": llm_server.profile(provider="azure", base_url=llm_server.url, model="o4-mini",
+                                    azure_deployment="prod-reasoner")}})
 
     async def go() -> None:
         async with open_session(config=cfg) as ctx:
             await ctx.llm().chat("hi", max_output_tokens=50, temperature=0.2)
             await ctx.llm("plain").chat("hi", max_output_tokens=50, temperature=0.2)
+            await ctx.llm("azure").chat("hi", max_output_tokens=50, temperature=0.2)
 
     run(go())
-    reasoning, plain = (r.json for r in llm_server.requests)
+    reasoning, plain, azure = (r.json for r in llm_server.requests)
+    assert llm_server.requests[2].path == "/openai/deployments/prod-reasoner/chat/completions"
+    assert azure["max_completion_tokens"] == 50 and "max_tokens" not in azure and "temperature" not in azure
     assert reasoning["max_completion_tokens"] == 50 and "max_tokens" not in reasoning
     assert "temperature" not in reasoning and reasoning["reasoning_effort"] == "low"
     assert plain["max_tokens"] == 50 and plain["temperature"] == 0.2 and "max_completion_tokens" not in plain
@@ -474,3 +483,23 @@ def test_aethergraph_style_profile_per_provider(local_config: AetherConfig, requ
                 return (await ctx.llm().chat("hi"))[0]
 
         assert run(go()) == "echo: hi", name
+
+
+def test_api_key_ref_reads_the_environment_and_stays_masked(anthropic_server: Any, local_config: AetherConfig,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """AetherGraph's api_key_ref names where the key is: the environment variable is read at send time."""
+    monkeypatch.setenv("ANTHROPIC_API_KEY", anthropic_server.api_key)
+    cfg = local_config.model_copy(update={"llm": {
+        "default": anthropic_server.profile(api_key=None, api_key_ref="ANTHROPIC_API_KEY")}})
+    anthropic_server.script("/messages", [{"status": 400, "json": {"type": "error", "error": {
+        "type": "invalid_request_error", "message": f"echoing {anthropic_server.api_key}"}}}])
+
+    async def go() -> tuple[str, str]:
+        async with open_session(config=cfg) as ctx:
+            with pytest.raises(LLMError) as err:
+                await ctx.llm().chat("hi")
+            return str(err.value), (await ctx.llm().chat("hi"))[0]
+
+    message, text = run(go())
+    assert text == "echo: hi" and anthropic_server.api_key not in message and "***" in message
+    assert anthropic_server.requests[-1].headers["x-api-key"] == anthropic_server.api_key
