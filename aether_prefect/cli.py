@@ -196,7 +196,8 @@ def cmd_pending(args: argparse.Namespace) -> int:
         return 0
     for q in questions:
         where = " / ".join(x for x in (q.flow_name, q.flow_run_name, q.task_name) if x)
-        print(f"{q.flow_run_id}  {where}  [{q.kind}{', several' if q.multiple else ''}]" + ("  (shown in the UI)" if q.showing else ""))
+        shown = "  (shown in the UI)" if q.showing else ""
+        print(f"{q.flow_run_id}  {where}  [{q.kind}{', several' if q.multiple else ''}]{shown}")
         print(f"  question {q.question_id}: {q.prompt}")
         if q.options:
             print("  options: " + ", ".join(o.label if o.label == o.id else f"{o.label} ({o.id})" for o in q.options))
@@ -250,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     ans.add_argument("flow_run_id")
     kind = ans.add_mutually_exclusive_group(required=True)
     kind.add_argument("--text", help="a text answer (ask_text)")
-    kind.add_argument("--choice", action="append", help="an option's id or label (ask_choices / ask_approval); repeat to pick several")
+    kind.add_argument("--choice", action="append",
+                      help="an option's id or label (ask_choices / ask_approval); repeat to pick several")
     kind.add_argument("--approve", action="store_true", help="approve (ask_approval)")
     kind.add_argument("--reject", action="store_true", help="reject (ask_approval)")
     ans.add_argument("--reason", default=None, help="why (ask_approval)")

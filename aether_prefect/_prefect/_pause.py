@@ -199,13 +199,20 @@ async def paused_flow_runs(limit: int = 200) -> list[tuple[RunState, str | None]
 
 
 def task_identity() -> str | None:
-    """The current task run's key within its flow run (task key + dynamic key): the same when a rerun reaches it."""
+    """The current task and its inputs (task key + parameters): the same when a rerun of the flow run reaches it.
+
+    Prefect's dynamic key is random per attempt, so it cannot be used; the injected ``context`` is left out.
+    """
+    import hashlib
+
     from prefect.context import TaskRunContext
 
     ctx = TaskRunContext.get()
     if ctx is None or ctx.task_run is None:
         return None
-    return f"{ctx.task_run.task_key}:{ctx.task_run.dynamic_key}"
+    params = {k: v for k, v in (ctx.parameters or {}).items() if k != "context"}
+    data = json.dumps(params, sort_keys=True, default=lambda o: type(o).__qualname__)
+    return f"{ctx.task_run.task_key}:{hashlib.sha256(data.encode()).hexdigest()}"
 
 
 def results_persisted() -> bool:

@@ -65,7 +65,7 @@ class ChannelService(BoundService):
 
     >>> await context.channel().send_text("training started")
     >>> name = await context.channel().ask_text("Which dataset?")          # answered in the UI
-    >>> ok = await context.channel().ask_approval("Deploy?")              # {"approved": True, "choice": "Approve", "reason": None}
+    >>> ok = await context.channel().ask_approval("Deploy?")   # {"approved": True, "choice": "Approve", "reason": None}
     >>> r = await context.channel().ask_choices("Mode?", ["Safe", "Fast"])  # ChoiceResult(choice="Safe", ...)
     >>> context.channel().sync.ask_text("Which dataset?")                 # same, from a sync task
     """
@@ -170,7 +170,8 @@ class ChannelService(BoundService):
 
         Returns ``{"approved": choice == options[0], "choice": choice, "reason": str | None}``.
 
-        >>> ok = await context.channel().ask_approval("Deploy?")   # {"approved": False, "choice": "Reject", "reason": "tests red"}
+        >>> ok = await context.channel().ask_approval("Deploy?")
+        >>> ok                                   # {"approved": False, "choice": "Reject", "reason": "tests red"}
         """
         prompt = check_prompt(prompt)
         opts = check_options(options)
@@ -215,7 +216,8 @@ class ChannelService(BoundService):
             picked = await self._console_pick(prompt, opts, deadline, timeout, multiple=multiple)
             key = "choices" if multiple else "choice"
             result = choice_result(opts, multiple, {key: [o.label for o in picked] if multiple else picked[0].label})
-        await self._remember("user", "Selected: " + ", ".join(result.choices) + (f" | Text: {result.text}" if result.text else ""))
+        said = "Selected: " + ", ".join(result.choices) + (f" | Text: {result.text}" if result.text else "")
+        await self._remember("user", said)
         return result
 
     # -- plumbing -------------------------------------------------------------

@@ -102,12 +102,16 @@ def _form_data(
 
     if q.kind == "approval":
         if len(given) != 1 or given[0] == "text":
-            raise ChannelValidationError(f"{where} takes approve=True/False (--approve/--reject) or choice=..., plus an optional reason")
+            raise ChannelValidationError(
+                f"{where} takes approve=True/False (--approve/--reject) or choice=..., plus an optional reason"
+            )
         value = label_of(str(choice)) if choice is not None else q.options[0 if approve else 1].label
         return {"choice": value, "reason": reason or ""}
     # choices
     if "approve/reject" in given or choice is None or reason is not None:
-        raise ChannelValidationError(f"{where} takes choice=... (--choice, repeatable when several may be picked), and optional text")
+        raise ChannelValidationError(
+            f"{where} takes choice=... (--choice, repeatable when several may be picked), and optional text"
+        )
     picked = [choice] if isinstance(choice, str) else list(choice)
     if not q.multiple and len(picked) != 1:
         raise ChannelValidationError(f"{where} takes exactly one choice, got {picked!r}")
@@ -150,12 +154,21 @@ async def aanswer(
     if q.timeout_at <= now:
         raise QuestionNotWaiting(f"question {q.question_id} timed out at {q.timeout_at.isoformat()}; nothing was changed")
     ours = Outcome(answer=fields, via=via, at=now)
+    if state.is_suspended and q.showing:
+        # No process waits on a suspended run: the resume (the server checks the form's schema) reschedules it,
+        # and its rerun may record the same answer in the slot before we do.
+        try:
+            await pause.resume_with_input(flow_run_id, fields)
+        except Exception as exc:  # noqa: BLE001 - refused by the server: nothing was changed
+            raise QuestionNotWaiting(f"flow run {flow_run_id} could not be resumed ({exc}); nothing was changed") from exc
+        held = await write_outcome(flow_run_id, q.question_id, ours)
+        if held is not ours and held.answer != fields:  # pragma: no cover - another answer won the race
+            raise QuestionNotWaiting(_closed_reason(q.question_id, held))
+        return q
     held = await write_outcome(flow_run_id, q.question_id, ours)
     if held is not ours:
         raise QuestionNotWaiting(_closed_reason(q.question_id, held))
-    if state.is_suspended and (state.pause_key or "").startswith(f"aether-{q.question_id}-"):
-        await pause.resume_with_input(flow_run_id, fields)  # no process waits: the resume reschedules the run
-    elif q.showing and state.pause_key:
+    if q.showing and state.pause_key:
         await pause.release_pause(flow_run_id, state.pause_key)  # the asking task also releases it; first one wins
     return q
 
