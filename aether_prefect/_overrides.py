@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -23,6 +25,8 @@ class RuntimeOverrides:
     max_concurrency: int | None = None
     llm_budget: LLMBudget | None = None
     kv_namespace: str | None = None
+    durable: bool | None = None
+    replay_from: str | None = None
     store: Any = None
     llm: Any = None
     artifacts: Any = None
@@ -73,6 +77,12 @@ def parse_overrides(values: dict[str, Any]) -> RuntimeOverrides:
         from aether_prefect.services.kv._names import check_namespace  # the one namespace rule
 
         check_namespace(v["kv_namespace"])
+    durable = v.get("durable")
+    if durable is not None and not isinstance(durable, bool):
+        raise ValidationError(f"durable must be True or False (journal and replay LLM/MCP calls), got {durable!r}")
+    replay = v.get("replay_from")
+    if replay is not None and (not isinstance(replay, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", replay)):
+        raise ValidationError(f"replay_from must be the id of an earlier flow run (a UUID string), got {replay!r}")
     store = v.get("store")
     if store is not None:
         from aether_prefect.services.stores.base import ObjectStore

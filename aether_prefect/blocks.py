@@ -99,6 +99,9 @@ profile = AetherLLMProfile.load("BLOCK_NAME")
     tag_requests: bool = Field(
         default=False, description="Send X-Aether-Flow-Run-Id and X-Aether-Task-Run-Id headers with requests."
     )
+    durable: bool = Field(
+        default=True, description="Journal successful calls so a task or flow retry replays them instead of paying again."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -214,6 +217,11 @@ server = AetherMCPServer.load("BLOCK_NAME")
     url: str | None = Field(default=None, description="Server URL, e.g. http://127.0.0.1:8000/mcp (http).")
     headers: SecretDict | None = Field(default=None, description="HTTP headers such as Authorization (http).")
     timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one request, in seconds.")
+    durable: bool = Field(
+        default=True,
+        description="Journal successful tool calls so a retry replays them instead of calling again; "
+        "False for side-effect-free tools that should always run.",
+    )
 
     @model_validator(mode="after")
     def _check_transport(self) -> "AetherMCPServer":

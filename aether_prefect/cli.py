@@ -218,6 +218,23 @@ def cmd_answer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_journal_prune(args: argparse.Namespace) -> int:
+    """Delete call journals of flow runs whose newest entry is older than the retention (default 7 days)."""
+    from aether_prefect.config import store_config
+    from aether_prefect.services.journal import prune
+    from aether_prefect.services.stores import open_store
+
+    if args.older_than_days < 0:
+        print("error: --older-than-days must be >= 0", file=sys.stderr)
+        return 2
+    _, config = asyncio.run(_load(args.name))
+    runs, objects = prune(open_store(store_config(config)), older_than_s=args.older_than_days * 86400,
+                          dry_run=args.dry_run)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} the call journals of {runs} flow run(s) ({objects} object(s)) older than {args.older_than_days:g} days")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aether-prefect", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="check the API, store, LLM profiles and MCP servers")
     doctor.add_argument("name", nargs="?", default=None, help="saved AetherConfig name")
     doctor.set_defaults(fn=cmd_doctor)
+
+    journal = sub.add_parser("journal", help="the durable-call journal").add_subparsers(dest="sub", required=True)
+    prune = journal.add_parser("prune", help="delete call journals older than the retention")
+    prune.add_argument("name", nargs="?", default=None, help="saved AetherConfig name (its object store)")
+    prune.add_argument("--older-than-days", type=float, default=7.0, help="retention in days (default 7)")
+    prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
+    prune.set_defaults(fn=cmd_journal_prune)
 
     server = sub.add_parser("server", help="a local Prefect server").add_subparsers(dest="sub", required=True)
     start = server.add_parser("start", help="start `prefect server start` on 127.0.0.1 in the background")

@@ -21,9 +21,11 @@ from aether_prefect._prefect._client import (
 )
 from aether_prefect._prefect._logs import run_logger
 from aether_prefect._prefect._runs import (
+    DurableIdentity,
     RunIds,
     api_url,
     current_run_ids,
+    durable_identity,
     flow_run_ui_url,
     in_flow_run,
     prefect_home,
@@ -35,11 +37,13 @@ from aether_prefect._prefect._runs import (
 )
 
 __all__ = [
+    "DurableIdentity",
     "RunIds",
     "api_url",
     "artifacts",
     "current_run_ids",
     "drop_client",
+    "durable_identity",
     "events",
     "flow_run_ui_url",
     "healthcheck",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -111,3 +112,52 @@ def prefect_version() -> str:
     import prefect
 
     return str(prefect.__version__)
+
+
+@dataclass(frozen=True)
+class DurableIdentity:
+    """Who a run's journal belongs to, stable across Prefect retries of the task and of the flow run.
+
+    ``flow_run_id`` + ``task_key`` + a hash of the task's parameters name the journal; the journal adds an
+    ordinal it claims per flow attempt (``flow_attempt``, ``task_run_id``: used for that claim only), so two
+    runs of one task with equal parameters keep separate journals. Never a timestamp; the attempt number and
+    task run id never enter the journal's key, so a task retry (same task run) and a flow-run retry (new task
+    runs, same order) find the same journal.
+    """
+
+    flow_run_id: str
+    task_key: str
+    params_hash: str
+    flow_attempt: int = 1
+    task_run_id: str | None = None
+
+    def with_flow_run(self, flow_run_id: str) -> "DurableIdentity":
+        """The same identity in another flow run (``replay_from``)."""
+        return DurableIdentity(flow_run_id, self.task_key, self.params_hash, self.flow_attempt, self.task_run_id)
+
+
+def _params_hash(parameters: Any) -> str:
+    """Prefect's own stable hash of run parameters (JSON, else cloudpickle); 'unhashable' when neither works."""
+    from prefect.utilities.hashing import hash_objects
+
+    try:
+        return hash_objects(dict(parameters or {})) or "unhashable"
+    except Exception:  # noqa: BLE001 - an odd parameter must not fail the task, only its journal
+        return "unhashable"
+
+
+def durable_identity() -> DurableIdentity | None:
+    """The durable identity of the current task run, or of the flow body (task_key ``__flow__``); None outside."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None and task_ctx.task_run is not None:
+        run = task_ctx.task_run
+        if run.flow_run_id is None:
+            return None  # a task called outside any flow: nothing retries it as a whole
+        return DurableIdentity(str(run.flow_run_id), str(run.task_key), _params_hash(task_ctx.parameters),
+                               int(run.flow_run_run_count or 1), str(run.id))
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        return DurableIdentity(str(flow_ctx.flow_run.id), "__flow__", _params_hash(flow_ctx.parameters))
+    return None

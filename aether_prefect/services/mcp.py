@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aether_prefect.blocks import AetherMCPServer
 from aether_prefect.errors import MCPError, ValidationError
 from aether_prefect.services.base import BoundService
+from aether_prefect.services.journal import journaled
 
 if TYPE_CHECKING:
     import httpx2
@@ -422,6 +423,7 @@ class MCPClient(BoundService):
         self._tool_names = {t["name"] for t in tools}
         return tools
 
+    @journaled("mcp.call")
     async def call(self, tool: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Call ``tool`` with ``params``: the structured result when the server gives one, else ``{"content": [...]}``.
 

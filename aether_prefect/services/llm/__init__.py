@@ -26,6 +26,7 @@ from aether_prefect._sync import maybe_await
 from aether_prefect.blocks import AetherLLMProfile
 from aether_prefect.errors import ConfigError, LLMError, LLMInvalidOutput, ServiceNotConfigured, ValidationError
 from aether_prefect.services.base import BoundService
+from aether_prefect.services.journal import journaled
 from aether_prefect.services.llm import _http as llm_http
 from aether_prefect.services.llm._anthropic import Messages
 from aether_prefect.services.llm._budget import BudgetGuard, Reservation, gather_capped
@@ -340,6 +341,7 @@ class LLMService(BoundService):
                         else self.profile.max_output_tokens,
                         tools=tools, tool_choice=tool_choice, extra=dict(kw))
 
+    @journaled("chat")
     async def chat(
         self,
         messages: Sequence[dict[str, Any]] | str,
@@ -411,6 +413,7 @@ class LLMService(BoundService):
                              {"role": "user", "content": f"Your previous reply was rejected: {problem}. "
                               "Answer again with only valid JSON" + (" matching the schema." if schema else ".")}]
 
+    @journaled("chat_stream")
     async def chat_stream(
         self,
         messages: Sequence[dict[str, Any]] | str,
@@ -480,6 +483,7 @@ class LLMService(BoundService):
 
     # -- embeddings and raw ---------------------------------------------------------------------------------
 
+    @journaled("embed")
     async def embed(self, texts: Sequence[str], *, model: str | None = None,
                     batch_size: int = EMBED_BATCH) -> list[list[float]]:
         """Embed ``texts`` (batched, one budgeted call per batch); vectors in the order of ``texts``.
@@ -528,6 +532,7 @@ class LLMService(BoundService):
         results = await gather_capped([lambda b=b: one(b) for b in batches], EMBED_CONCURRENCY)
         return [v for part in results for v in part]
 
+    @journaled("raw")
     async def raw(
         self,
         *,

@@ -7,6 +7,7 @@ read back from the Prefect API) into one table keyed ``llm-usage-<flow name>``.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import re
@@ -23,7 +24,11 @@ _log = logging.getLogger("aether_prefect.llm")
 MARK_KEY = "aether_prefect"
 TASK_MARK = "llm-usage-task"
 FLOW_MARK = "llm-usage-flow"
-COLUMNS = ["profile", "model", "calls", "prompt_tokens", "completion_tokens", "total_tokens"]
+COLUMNS = ["profile", "model", "calls", "prompt_tokens", "completion_tokens", "total_tokens", "replayed",
+           "tokens_saved"]
+#: Hook for the call journal: while set, every recorded call's (profile, model, usage) is appended to the list.
+call_usage: contextvars.ContextVar["list[tuple[str, str, Usage]] | None"] = contextvars.ContextVar(
+    "aether_llm_call_usage", default=None)
 
 
 class Usage(BaseModel):
@@ -86,6 +91,8 @@ class UsageRow(BaseModel):
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
     total_tokens: int = Field(default=0, ge=0)
+    replayed: int = Field(default=0, ge=0, description="Calls replayed from the journal: no request, no tokens.")
+    tokens_saved: int = Field(default=0, ge=0, description="Tokens the replayed calls cost when they first ran.")
 
     def add(self, usage: Usage, calls: int = 1) -> None:
         """Count ``calls`` more calls and their tokens."""
@@ -93,6 +100,11 @@ class UsageRow(BaseModel):
         self.prompt_tokens += usage.prompt_tokens
         self.completion_tokens += usage.completion_tokens
         self.total_tokens += usage.total_tokens
+
+    def add_replayed(self, replayed: int, tokens_saved: int) -> None:
+        """Count replayed calls: zero tokens spent, ``tokens_saved`` not paid again."""
+        self.replayed += replayed
+        self.tokens_saved += tokens_saved
 
 
 def _sum_rows(rows: list[UsageRow]) -> list[UsageRow]:
@@ -102,6 +114,7 @@ def _sum_rows(rows: list[UsageRow]) -> list[UsageRow]:
         acc = merged.setdefault((r.profile, r.model), UsageRow(profile=r.profile, model=r.model))
         acc.add(Usage(prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens,
                       total_tokens=r.total_tokens), calls=r.calls)
+        acc.add_replayed(r.replayed, r.tokens_saved)
     return [merged[k] for k in sorted(merged)]
 
 
@@ -116,10 +129,20 @@ class UsageTracker:
     def record(self, profile: str, model: str, usage: Usage) -> None:
         """Count one call of ``profile``/``model`` with its usage."""
         key = (profile, model or "?")
+        self._row(key).add(usage)
+        sink = call_usage.get()
+        if sink is not None:
+            sink.append((profile, model, usage))
+
+    def record_replayed(self, profile: str, model: str, saved: Usage) -> None:
+        """Count one call replayed from the journal: no tokens spent, ``saved`` tokens not paid again."""
+        self._row((profile, model or "?")).add_replayed(1, saved.total_tokens)
+
+    def _row(self, key: tuple[str, str]) -> UsageRow:
         row = self._rows.get(key)
         if row is None:
             row = self._rows[key] = UsageRow(profile=key[0], model=key[1])
-        row.add(usage)
+        return row
 
     def rows(self) -> list[UsageRow]:
         """Copies of the rows, sorted by profile and model."""

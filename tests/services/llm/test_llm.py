@@ -331,7 +331,8 @@ def test_usage_table_artifact_in_flow_run(llm_server: FakeOpenAI, local_config: 
     assert len(tables) == 1 and str(tables[0].task_run_id) == task_run_id
     rows = {(r["profile"], r["model"]): r for r in json.loads(tables[0].data)}
     assert rows[("default", "fake-chat")] == {"profile": "default", "model": "fake-chat", "calls": 2,
-                                              "prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+                                              "prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8,
+                                              "replayed": 0, "tokens_saved": 0}
     assert rows[("other", "fake-other")]["calls"] == 1 and rows[("other", "fake-other")]["total_tokens"] == 3
     assert rows[("default", "fake-embed")]["prompt_tokens"] == 3
     everything = json.dumps([a.model_dump(mode="json") for a in run(_artifacts(flow_run_id))])

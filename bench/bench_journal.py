@@ -1,0 +1,211 @@
+"""Durable calls bench (#19): what a retry costs with the call journal (ours) vs without it (today's path).
+
+Side by side in one run, on a private real Prefect server, the loopback OpenAI-compatible server and the demo
+MCP server over stdio:
+- a task making 5 LLM calls that fails after them on attempt 1 (retries=1): requests received, tokens counted;
+- the same with an MCP tool counting its own invocations: invocations per logical call;
+- a replayed call vs a live call, and a journaled live call vs a plain one (paired, same task run);
+- the 5-call scenario on the Dask task runner, and with the worker process SIGKILLed (flow-run retry).
+Run: ``python bench/bench_journal.py`` (``--quick`` skips Dask and SIGKILL).
+"""
+
+from __future__ import annotations
+
+import _common as common  # noqa: I001 - must come first: sets the environment
+
+import asyncio
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+
+from aether_prefect import NodeContext, aether_task
+from aether_prefect.blocks import AetherConfig, AetherObjectStore
+from aether_prefect.services.llm._usage import read_task_tables
+from tests.services.journal._counting_server import block as counting_block
+from tests.servers.openai_server import FakeOpenAI
+
+CALLS = 5
+PAIRS = 40
+
+
+def _config(server: FakeOpenAI, **extra: Any) -> AetherConfig:
+    root = tempfile.mkdtemp(prefix="aether-journal-bench-")
+    return AetherConfig(store=AetherObjectStore(backend="local", root=root), llm={"default": server.profile()},
+                        kv_namespace="bench", **extra)
+
+
+def _chat_requests(server: FakeOpenAI) -> int:
+    return sum(1 for r in server.requests if r.path.endswith("/chat/completions"))
+
+
+def five_call_scenario(server: FakeOpenAI, durable: bool) -> tuple[int, int]:
+    """(requests received, tokens counted) for 5 calls, a failure after them, one retry."""
+    server.reset()
+    state = {"attempt": 0}
+
+    @aether_task(config=_config(server), retries=1, durable=durable)
+    async def five(*, context: NodeContext) -> None:
+        state["attempt"] += 1
+        for i in range(CALLS):
+            await context.llm().chat(f"step {i} of the chain")
+        if state["attempt"] == 1:
+            raise RuntimeError("the database write failed")
+
+    @flow
+    async def pipeline() -> str:
+        from prefect.runtime import flow_run
+
+        await five()
+        return str(flow_run.id)
+
+    flow_run_id = asyncio.run(pipeline())
+    tables = asyncio.run(read_task_tables(flow_run_id))
+    return _chat_requests(server), sum(r.total_tokens for t in tables for r in t)
+
+
+def mcp_scenario(durable: bool) -> int:
+    """Invocations of a counting MCP tool for 3 logical calls, a failure after them, one retry."""
+    counter = Path(tempfile.mkdtemp()) / "count.txt"
+    server = counting_block(durable=durable)
+    cfg = AetherConfig(store=AetherObjectStore(backend="local", root=tempfile.mkdtemp()), mcp={"default": server})
+    state = {"attempt": 0}
+
+    @aether_task(config=cfg, retries=1)
+    async def tools(*, context: NodeContext) -> None:
+        state["attempt"] += 1
+        for i in range(3):
+            await context.mcp().call("tally", {"path": str(counter), "label": f"ticket {i}"})
+        if state["attempt"] == 1:
+            raise RuntimeError("fail after the tools ran")
+
+    @flow
+    async def pipeline() -> None:
+        await tools()
+
+    asyncio.run(pipeline())
+    return len(counter.read_text().splitlines())
+
+
+def timing_scenario(server: FakeOpenAI) -> dict[str, list[float]]:
+    """Paired per-call times in one task run: attempt 1 plain vs journaled live calls, attempt 2 live vs replayed."""
+    times: dict[str, list[float]] = {"plain": [], "journaled": [], "live2": [], "replayed": []}
+    state = {"attempt": 0}
+
+    @aether_task(config=_config(server), retries=1)
+    async def timed(*, context: NodeContext) -> None:
+        state["attempt"] += 1
+        llm = context.llm()
+        first = state["attempt"] == 1
+        for i in range(PAIRS):
+            order = [(False, "plain" if first else "live2"), (True, "journaled" if first else "replayed")]
+            for durable, name in (order if i % 2 else order[::-1]):
+                t = time.perf_counter()
+                await llm.chat(f"question number {i}", durable=durable)
+                times[name].append(time.perf_counter() - t)
+        if first:
+            raise RuntimeError("fail: the retry replays the journaled half")
+
+    @flow
+    async def pipeline() -> None:
+        await timed()
+
+    asyncio.run(pipeline())
+    return times
+
+
+def dask_scenario(server: FakeOpenAI, durable: bool) -> int:
+    """Requests received for the 5-call scenario with the task on a Dask worker process."""
+    from prefect_dask import DaskTaskRunner
+
+    server.reset()
+    marker = Path(tempfile.mkdtemp()) / "failed"
+
+    @aether_task(config=_config(server), retries=1, durable=durable)
+    async def five(path: str, *, context: NodeContext) -> None:
+        for i in range(CALLS):
+            await context.llm().chat(f"dask step {i}")
+        if not os.path.exists(path):
+            Path(path).write_text("x")
+            raise RuntimeError("fail after the calls")
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "threads_per_worker": 1, "processes": True}))
+    def pipeline(path: str) -> None:
+        five.submit(path).result()
+
+    pipeline(str(marker))
+    return _chat_requests(server)
+
+
+def sigkill_scenario(server: FakeOpenAI, durable: bool) -> int:
+    """Requests received when the worker is SIGKILLed after its 5 calls and the flow run is retried."""
+    from prefect import get_client
+    from prefect.states import AwaitingRetry
+
+    from tests.services.journal._worker import CONFIG, killable
+
+    server.reset()
+    profile = server.profile().model_copy(update={"durable": durable})
+    _config(server).model_copy(update={"llm": {"default": profile}}).save(CONFIG, overwrite=True)
+    marker = Path(tempfile.mkdtemp()) / "marker"
+
+    async def create() -> str:
+        async with get_client() as client:
+            return str((await client.create_flow_run(killable, parameters={"marker": str(marker)})).id)
+
+    flow_run_id = asyncio.run(create())
+    cmd = [sys.executable, "-m", "tests.services.journal._worker", flow_run_id]
+    first = subprocess.Popen(cmd, cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    async def retry() -> None:
+        async with get_client() as client:
+            await client.set_flow_run_state(flow_run_id, AwaitingRetry(), force=True)
+
+    asyncio.run(retry())
+    subprocess.run(cmd, cwd=common.ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300, check=True)
+    return _chat_requests(server)
+
+
+def main() -> None:
+    common.start_prefect_server()
+    server = FakeOpenAI().start()
+    rows = []
+    try:
+        req_ours, tok_ours = five_call_scenario(server, durable=True)
+        req_raw, tok_raw = five_call_scenario(server, durable=False)
+        rows.append(common.row("5 calls, fail, retry: requests received", req_ours, req_raw, "req", target=0.5))
+        rows.append(common.row("5 calls, fail, retry: tokens counted", tok_ours, tok_raw, "tok", target=0.5))
+        inv_ours, inv_raw = mcp_scenario(True), mcp_scenario(False)
+        rows.append(common.row("3 MCP tool calls, fail, retry: invocations", inv_ours, inv_raw, "calls", target=0.5))
+        t = timing_scenario(server)
+        med = {k: statistics.median(v) * 1000 for k, v in t.items()}
+        rows.append(common.row("replayed call vs live call (local store)", med["replayed"], med["live2"], "ms",
+                               target=0.10))
+        rows.append(common.row("replayed call, absolute (goal <= 5 ms)", med["replayed"], None, "ms", target=5.0))
+        rows.append(common.row("journaled live call vs plain live call", med["journaled"], med["plain"], "ms",
+                               target=1.05))
+        if "--quick" not in sys.argv:
+            rows.append(common.row("Dask runner, 5 calls, fail, retry: requests", dask_scenario(server, True),
+                                   dask_scenario(server, False), "req", target=0.5))
+            rows.append(common.row("worker SIGKILLed, flow-run retry: requests", sigkill_scenario(server, True),
+                                   sigkill_scenario(server, False), "req", target=0.5))
+    finally:
+        server.stop()
+    common.report("journal", rows)
+
+
+if __name__ == "__main__":
+    main()
