@@ -10,6 +10,7 @@ first mismatch ends replay for that attempt. ``durable=False`` on the task, prof
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
@@ -20,6 +21,9 @@ from aether_prefect.services.journal._journal import ENV_REPLAY_FROM, PREFIX, RE
 from aether_prefect.services.journal._prune import prune
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+#: True inside a live journaled call: a call it makes itself (embed delegated to ``embed_profile``) is part of
+#: the outer call's entry, so it takes no position and is not journaled on its own.
+_inside: contextvars.ContextVar[bool] = contextvars.ContextVar("aether_journaled_call", default=False)
 
 #: The journaled methods and what their fingerprint leaves out (callbacks, per-attempt headers).
 _IGNORED = {"chat": {"self"}, "chat_stream": {"self", "on_delta"}, "embed": {"self"}, "raw": {"self", "headers"},
@@ -40,7 +44,7 @@ def journaled(kind: str) -> Callable[[F], F]:
 
         @functools.wraps(fn)
         async def wrapper(svc: Any, *args: Any, durable: bool | None = None, **kwargs: Any) -> Any:
-            journal = _journal_for(svc, kind, durable)
+            journal = None if _inside.get() else _journal_for(svc, kind, durable)
             if journal is None:
                 return await fn(svc, *args, **kwargs)
             position = journal.claim()
@@ -96,10 +100,27 @@ async def _live(kind: str, svc: Any, fn: Callable[..., Awaitable[Any]], journal:
     if kind == "chat_stream":
         pieces = []
         kwargs = {**kwargs, "on_delta": _capturing(kwargs.get("on_delta"), pieces)}
+    inside = _inside.set(True)
+    try:
+        if kind == "mcp.call":
+            result = await fn(svc, *args, **kwargs)
+        else:
+            result, sink, reply = await _live_llm(svc, fn, args, kwargs)
+    finally:
+        _inside.reset(inside)
     if kind == "mcp.call":
-        result = await fn(svc, *args, **kwargs)
         await journal.record(Entry(kind=kind, position=position, fingerprint=fp, result=result), _secrets(svc))
         return result
+    usage = [(p, m, u.prompt_tokens, u.completion_tokens, u.total_tokens) for p, m, u in sink]
+    entry = Entry(kind=kind, position=position, fingerprint=fp, result=result, usage=usage, pieces=pieces,
+                  last_response=reply)
+    await journal.record(entry, _secrets(svc))
+    return result
+
+
+async def _live_llm(svc: Any, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> tuple[Any, list[tuple[str, str, Any]], Any]:
+    """Run an LLM method live: (result, the usage of every request it accounted, its new ``last_response``)."""
     from aether_prefect.services.llm._usage import call_usage
 
     sink: list[tuple[str, str, Any]] = []
@@ -109,12 +130,7 @@ async def _live(kind: str, svc: Any, fn: Callable[..., Awaitable[Any]], journal:
         result = await fn(svc, *args, **kwargs)
     finally:
         call_usage.reset(token)
-    reply = svc.last_response if svc.last_response is not before else None
-    usage = [(p, m, u.prompt_tokens, u.completion_tokens, u.total_tokens) for p, m, u in sink]
-    entry = Entry(kind=kind, position=position, fingerprint=fp, result=result, usage=usage, pieces=pieces,
-                  last_response=reply)
-    await journal.record(entry, _secrets(svc))
-    return result
+    return result, sink, (svc.last_response if svc.last_response is not before else None)
 
 
 def _capturing(on_delta: Any, pieces: list[str]) -> Callable[[str], Awaitable[None]]:

@@ -82,6 +82,14 @@ class Journal:
         self._known: set[int] | None = None
         self._lock = threading.Lock()  # positions and the replay switch
         self._list_lock = threading.Lock()  # the one listing (held in a worker thread only)
+        self._broken = False
+
+    def _off(self, why: str) -> None:
+        """The store failed: no replay, no journaling for the rest of this attempt (logged once)."""
+        with self._lock:
+            first, self._broken, self._replaying = not self._broken, True, False
+        if first:
+            self._ctx.logger().warning("call journal off for this attempt (calls go live): %s", why)
 
     @property
     def active(self) -> bool:
@@ -134,7 +142,11 @@ class Journal:
         """The recorded entry to replay at ``position``, or None (go live). A mismatch ends replay, logged once."""
         if not self._replaying or (self._known is not None and position not in self._known):
             return None  # nothing recorded there: no thread hop, no read
-        entry = await anyio.to_thread.run_sync(self._read_entry, position)
+        try:
+            entry = await anyio.to_thread.run_sync(self._read_entry, position)
+        except Exception as exc:  # noqa: BLE001 - a journal the store cannot serve means live calls, not a failure
+            self._off(f"cannot read the journal: {type(exc).__name__}")
+            return None
         if entry is None:
             return None
         if entry.fingerprint != fingerprint:
@@ -149,9 +161,15 @@ class Journal:
 
     async def record(self, entry: Entry, secrets: list[str]) -> bool:
         """Write ``entry`` (atomic put) after its call succeeded; False when it was not journaled."""
+        if self._broken:
+            return False
         data = entry.encode(secrets)
-        if not self._write:  # replay was off from the start (durable=True per call after a mismatch, etc.)
-            await anyio.to_thread.run_sync(self._listed)
+        if data is not None and not self._write:  # no lookup ran yet (replay ended before): claim the ordinal now
+            try:
+                await anyio.to_thread.run_sync(self._listed)
+            except Exception as exc:  # noqa: BLE001 - see lookup
+                self._off(f"cannot claim a journal: {type(exc).__name__}")
+                return False
         if data is None:
             self._ctx.logger().debug("call journal: %s at position %d not journaled (a secret in it, or not JSON)",
                                      entry.kind, entry.position)

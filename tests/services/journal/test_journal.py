@@ -368,3 +368,4 @@ def test_cli_journal_prune(llm_server: FakeOpenAI, local_config: AetherConfig) -
     assert "deleted the call journals of 1 flow run(s)" in gone.stdout
     assert list(store.list_keys("journal/")) == []
     assert llm_server.api_key not in kept.stdout + kept.stderr + gone.stdout + gone.stderr
+
