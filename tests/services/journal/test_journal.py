@@ -369,3 +369,32 @@ def test_cli_journal_prune(llm_server: FakeOpenAI, local_config: AetherConfig) -
     assert list(store.list_keys("journal/")) == []
     assert llm_server.api_key not in kept.stdout + kept.stderr + gone.stdout + gone.stderr
 
+
+def test_a_failing_store_means_live_calls_not_a_failed_task(llm_server: FakeOpenAI, local_config: AetherConfig,
+                                                            tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    from aether_prefect.blocks import AetherObjectStore
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the store's folder should be")
+    cfg = _cfg(llm_server, local_config).model_copy(
+        update={"store": AetherObjectStore(backend="local", root=str(blocker))})
+    attempts: list[str] = []
+
+    @aether_task(config=cfg, retries=1)
+    async def unjournaled(*, context: NodeContext) -> str:
+        text = (await context.llm().chat("still answered"))[0]
+        await context.llm().chat("again")
+        attempts.append(text)
+        if len(attempts) == 1:
+            raise RuntimeError("fail")
+        return text
+
+    @flow
+    async def pipeline() -> str:
+        return await unjournaled()
+
+    with caplog.at_level("WARNING"):
+        assert asyncio.run(pipeline()) == "echo: still answered"
+    assert _chat_requests(llm_server) == 4  # no journal: both attempts paid, neither failed because of it
+    assert sum("call journal off" in r.getMessage() for r in caplog.records) == 2  # once per attempt
