@@ -177,7 +177,10 @@ class NodeContext:
         return self._closed
 
     def store(self) -> "ObjectStore":
-        """The object store shared by artifacts, memory, RAG and large KV values."""
+        """The object store shared by artifacts, memory, RAG and large KV values.
+
+        Example: ``context.store().put_bytes("notes/a.txt", b"hi")``
+        """
         from aether_prefect.services.stores import open_store
 
         ov = self.overrides.store
@@ -206,30 +209,48 @@ class NodeContext:
     # -- accessors ------------------------------------------------------------
 
     def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
-        """A LoggerAdapter carrying run/graph/node ids; in a Prefect run its lines reach the UI."""
+        """A LoggerAdapter carrying run/graph/node ids; in a Prefect run its lines reach the UI.
+
+        Example: ``context.logger().info("cleaned %d rows", 10)``
+        """
         return self._service("logger", lambda: _create("logger", self))
 
     def artifacts(self) -> Any:
-        """Artifacts: content-addressed bytes in the object store, published as Prefect artifacts."""
+        """Artifacts: content-addressed bytes in the object store, published as Prefect artifacts.
+
+        Example: ``art = await context.artifacts().save_text("hello", name="greeting")``
+        """
         return self._service("artifacts", lambda: _create("artifacts", self), injected=self.overrides.artifacts)
 
     def kv(self) -> Any:
-        """Key-value store on Prefect Variables."""
+        """Key-value store on Prefect Variables.
+
+        Example: ``await context.kv().set("seen", 1)`` (sync code: ``context.kv().sync.incr("seen")``)
+        """
         return self._service("kv", lambda: _create("kv", self), injected=self.overrides.kv)
 
     def memory(self) -> Any:
-        """The event log of this run (or session / graph, per ``memory_level``)."""
+        """The event log of this run (or session / graph, per ``memory_level``).
+
+        Example: ``await context.memory().record("note", {"rows": 10})``
+        """
         return self._service("memory", lambda: _create("memory", self), injected=self.overrides.memory)
 
     mem = memory
 
     def channel(self, channel_key: str | None = None) -> Any:
-        """Messages to the run log, and questions answered in the Prefect UI (``channel("console")``: the terminal)."""
+        """Messages to the run log, and questions answered in the Prefect UI (``channel("console")``: the terminal).
+
+        Example: ``await context.channel().send_text("done")``
+        """
         key = "channel" if channel_key is None else ("channel", channel_key)
         return self._service(key, lambda: _create("channel", self, channel_key), injected=self.overrides.channel)
 
     def llm_profile(self, profile: str = "default") -> AetherLLMProfile | None:
-        """The profile ``profile`` as this context sees it: llm_set_key > llm= override > config > environment."""
+        """The profile ``profile`` as this context sees it: llm_set_key > llm= override > config > environment.
+
+        Example: ``context.llm_profile("default").model``
+        """
         if profile in self._llm_keys:
             return self._llm_keys[profile]
         ov = self.overrides.llm
@@ -257,7 +278,10 @@ class NodeContext:
         return [labels[n] for n in sorted(labels)]
 
     def llm(self, profile: str = "default", **overrides: Any) -> Any:
-        """The LLM client of ``profile`` (any provider); ``overrides`` replace profile fields for this call site."""
+        """The LLM client of ``profile`` (any provider); ``overrides`` replace profile fields for this call site.
+
+        Example: ``text, usage = await context.llm().chat([{"role": "user", "content": "Say hi"}])``
+        """
         ov = self.overrides.llm
         if ov is not None and not isinstance(ov, (AetherLLMProfile, dict)):
             return ov
@@ -288,7 +312,10 @@ class NodeContext:
         return self._service(key, lambda: _create("llm", self, profile, prof))
 
     def llm_set_key(self, provider: str, api_key: str, model: str | None = None, profile: str = "default") -> None:
-        """Use ``api_key`` (and ``model``) for ``profile`` in this context only; nothing is saved."""
+        """Use ``api_key`` (and ``model``) for ``profile`` in this context only; nothing is saved.
+
+        Example: ``context.llm_set_key("openai", "sk-...", model="gpt-4o-mini")``
+        """
         from pydantic import SecretStr
 
         from aether_prefect.services.llm._providers import default_base_url, normalize
@@ -313,7 +340,10 @@ class NodeContext:
             self._services.pop(key)  # next llm(profile) builds a client with the new key
 
     def mcp_servers(self) -> dict[str, AetherMCPServer]:
-        """MCP servers this context can reach, by name: mcp= override > config."""
+        """MCP servers this context can reach, by name: mcp= override > config.
+
+        Example: ``sorted(context.mcp_servers())  # ["default", "files"]``
+        """
         ov = self.overrides.mcp
         servers = dict(self._config.mcp)
         if isinstance(ov, AetherMCPServer):
@@ -323,7 +353,10 @@ class NodeContext:
         return servers
 
     def mcp(self, name: str = "default") -> Any:
-        """An MCP client for the server configured as ``name``; the session opens on first use."""
+        """An MCP client for the server configured as ``name``; the session opens on first use.
+
+        Example: ``tools = await context.mcp("files").list_tools()``
+        """
         ov = self.overrides.mcp
         if ov is not None and not isinstance(ov, (AetherMCPServer, dict)):
             return ov
@@ -341,7 +374,10 @@ class NodeContext:
         return self._service(("mcp", name), lambda: _create("mcp", self, name, server))
 
     def svc(self, name: str) -> Any:
-        """The custom service registered as ``name`` (KeyError if none)."""
+        """The custom service registered as ``name`` (KeyError if none).
+
+        Example: ``context.svc("materials")`` after ``register_context_service("materials", MaterialsDB())``
+        """
         from aether_prefect.services.base import get_service
 
         return get_service(name)
@@ -361,7 +397,10 @@ class NodeContext:
     # -- lifecycle ------------------------------------------------------------
 
     async def aclose(self) -> None:
-        """Close every service this context opened (reverse order); safe to call twice."""
+        """Close every service this context opened (reverse order); safe to call twice.
+
+        Example: ``context = await build_adhoc_context(); ...; await context.aclose()``
+        """
         if self._closed:
             return
         self._closed = True
@@ -386,6 +425,8 @@ class NodeContext:
         """Close at once if no service needs an async close (True); else leave it open (False).
 
         Saves sync callers a hop to the portal loop when the task used no I/O service.
+
+        Example: ``if not context.close_nowait(): context.close()``
         """
         if any(hasattr(svc, "aclose") for svc in self._owned):
             return False
@@ -395,7 +436,10 @@ class NodeContext:
         return True
 
     def close(self) -> None:
-        """Blocking twin of :meth:`aclose`."""
+        """Blocking twin of :meth:`aclose`.
+
+        Example: ``context.close()  # from sync code, instead of await context.aclose()``
+        """
         from aether_prefect._sync import run_sync
 
         run_sync(self.aclose())

@@ -19,7 +19,10 @@ from aether_prefect.context import NodeContext, _reset_current, _set_current
 
 
 def new_run_id() -> str:
-    """A fresh ad-hoc run id: ``adhoc-<8 hex>``."""
+    """A fresh ad-hoc run id: ``adhoc-<8 hex>``.
+
+    Example: ``new_run_id()  # "adhoc-3f9a1c2e"``
+    """
     return f"adhoc-{secrets.token_hex(4)}"
 
 
@@ -65,6 +68,8 @@ async def build_adhoc_context(
 
     ``rt_overrides``: ``config=``, ``session_id=``, ``memory_level=``, ``max_concurrency=``,
     ``llm_budget=``, ``kv_namespace=``, ``store=`` and service injections (``llm=``, ``kv=``...).
+
+    Example: ``context = await build_adhoc_context(kv_namespace="scratch"); ...; await context.aclose()``
     """
     if run_id is not None:
         _check_id("run_id", run_id)
@@ -78,7 +83,10 @@ async def build_adhoc_context(
 async def open_session(
     run_id: str | None = None, graph_id: str = "adhoc", node_id: str = "adhoc", **rt_overrides: Any
 ) -> AsyncIterator[NodeContext]:
-    """``async with open_session() as context:`` a temporary context; services closed on exit, even on error."""
+    """``async with open_session() as context:`` a temporary context; services closed on exit, even on error.
+
+    Example: ``async with open_session() as context: await context.kv().set("k", 1)``
+    """
     context = await build_adhoc_context(run_id, graph_id, node_id, **rt_overrides)
     token = _set_current(context)
     try:
@@ -92,7 +100,10 @@ async def open_session(
 def open_session_sync(
     run_id: str | None = None, graph_id: str = "adhoc", node_id: str = "adhoc", **rt_overrides: Any
 ) -> Iterator[NodeContext]:
-    """Sync twin of :func:`open_session` for plain scripts; use ``service.sync.method(...)`` inside."""
+    """Sync twin of :func:`open_session` for plain scripts; use ``service.sync.method(...)`` inside.
+
+    Example: ``with open_session_sync() as context: context.kv().sync.set("k", 1)``
+    """
     from aether_prefect._sync import run_sync
 
     context = run_sync(build_adhoc_context(run_id, graph_id, node_id, **rt_overrides))

@@ -17,7 +17,10 @@ _FALLBACK = "aether_prefect.session"
 
 
 class ContextLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """Adds ``run_id``, ``graph_id`` and ``node_id`` to every record, merged with any caller extra."""
+    """Adds ``run_id``, ``graph_id`` and ``node_id`` to every record, merged with any caller extra.
+
+    Example: ``context.logger().info("loaded %d rows", 10, extra={"table": "users"})``
+    """
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**(self.extra or {}), **(kwargs.get("extra") or {})}

@@ -49,50 +49,86 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def uri(self, key: str) -> str:
-        """Public URI of ``key`` (file:///... or s3://bucket/...)."""
+        """Public URI of ``key`` (file:///... or s3://bucket/...).
+
+        Example: ``context.store().uri("notes/a.txt")  # "file:///.../aether/notes/a.txt"``
+        """
 
     @abstractmethod
     def key_from_uri(self, uri: str) -> str:
-        """Inverse of :meth:`uri`; raises InvalidKey for a URI outside this store."""
+        """Inverse of :meth:`uri`; raises InvalidKey for a URI outside this store.
+
+        Example: ``store.key_from_uri(store.uri("notes/a.txt"))  # "notes/a.txt"``
+        """
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
-        """Write ``data`` at ``key`` atomically (overwrites)."""
+        """Write ``data`` at ``key`` atomically (overwrites).
+
+        Example: ``context.store().put_bytes("notes/a.txt", b"hi", content_type="text/plain")``
+        """
 
     @abstractmethod
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
-        """Stream the file at ``path`` to ``key`` atomically, never reading it whole into memory."""
+        """Stream the file at ``path`` to ``key`` atomically, never reading it whole into memory.
+
+        Example: ``context.store().put_file("data/big.parquet", Path("big.parquet"))``
+        """
 
     @abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        """Write ``data`` at ``key`` only if nothing is there; True if this call created it."""
+        """Write ``data`` at ``key`` only if nothing is there; True if this call created it.
+
+        Example: ``created = context.store().put_if_absent("markers/once", b"1")``
+        """
 
     @abstractmethod
     def get_bytes(self, key: str) -> bytes:
-        """Read the whole object; ObjectNotFound if missing."""
+        """Read the whole object; ObjectNotFound if missing.
+
+        Example: ``context.store().get_bytes("notes/a.txt")  # b"hi"``
+        """
 
     @abstractmethod
     def download_file(self, key: str, dest: Path) -> None:
-        """Stream the object to ``dest`` (written atomically); ObjectNotFound if missing."""
+        """Stream the object to ``dest`` (written atomically); ObjectNotFound if missing.
+
+        Example: ``context.store().download_file("data/big.parquet", Path("/tmp/big.parquet"))``
+        """
 
     @abstractmethod
     def exists(self, key: str) -> bool:
-        """True if ``key`` exists."""
+        """True if ``key`` exists.
+
+        Example: ``context.store().exists("notes/a.txt")  # True``
+        """
 
     @abstractmethod
     def size(self, key: str) -> int:
-        """Size in bytes; ObjectNotFound if missing."""
+        """Size in bytes; ObjectNotFound if missing.
+
+        Example: ``context.store().size("notes/a.txt")  # 2``
+        """
 
     @abstractmethod
     def delete(self, key: str) -> None:
-        """Delete ``key``; deleting a missing key is not an error."""
+        """Delete ``key``; deleting a missing key is not an error.
+
+        Example: ``context.store().delete("notes/a.txt")``
+        """
 
     @abstractmethod
     def list_keys(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
-        """Keys under ``prefix`` (a '/'-terminated folder or a plain prefix), in ascending order."""
+        """Keys under ``prefix`` (a '/'-terminated folder or a plain prefix), in ascending order.
+
+        Example: ``list(context.store().list_keys("notes/"))  # ["notes/a.txt"]``
+        """
 
     def close(self) -> None:
-        """Release clients; the store may be used again afterwards (clients are rebuilt lazily)."""
+        """Release clients; the store may be used again afterwards (clients are rebuilt lazily).
+
+        Example: ``store.close()  # clients are rebuilt on the next call``
+        """
 
 
 __all__ = ["InvalidKey", "ObjectNotFound", "ObjectStore", "StoreError", "check_key"]
