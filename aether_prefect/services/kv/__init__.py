@@ -337,13 +337,19 @@ class PrefectKV(BoundService):
     # -- public API -----------------------------------------------------------
 
     async def get(self, key: str, default: Any = None) -> Any:
-        """The value of ``key``, or ``default`` when it is missing or expired (one GET)."""
+        """The value of ``key``, or ``default`` when it is missing or expired (one GET).
+
+        Example: ``greeting = await context.kv().get("greeting", {"text": "hello"})``
+        """
         name = self._name(key)
         alive, value, _ = await self._load(key, name, await self._api.read(name))
         return value if alive else default
 
     async def exists(self, key: str) -> bool:
-        """True if ``key`` holds a value that has not expired."""
+        """True if ``key`` holds a value that has not expired.
+
+        Example: ``if not await context.kv().exists("seeded"): ...``
+        """
         name = self._name(key)
         var = await self._api.read(name)
         env = _envelope(var)
@@ -391,7 +397,10 @@ class PrefectKV(BoundService):
             await self._delete_locked(name, await self._api.read(name), lock)
 
     async def mget(self, keys: list[str]) -> list[Any]:
-        """Values of ``keys`` in order (None where missing or expired); one request per 200 keys."""
+        """Values of ``keys`` in order (None where missing or expired); one request per 200 keys.
+
+        Example: ``a, b = await context.kv().mget(["a", "b"])``
+        """
         keys = list(keys)
         key_names = [self._name(k) for k in keys]
         found = await self._api.read_many(sorted(set(key_names)))
@@ -428,7 +437,10 @@ class PrefectKV(BoundService):
                 tg.start_soon(one, name, prep)
 
     async def expire(self, key: str, ttl_s: float) -> bool:
-        """Make ``key`` expire ``ttl_s`` seconds from now; False if it does not exist (or already expired)."""
+        """Make ``key`` expire ``ttl_s`` seconds from now; False if it does not exist (or already expired).
+
+        Example: ``await context.kv().expire("session", 3600)``
+        """
         name = self._name(key)
         if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not math.isfinite(ttl_s):
             raise KVValidationError(f"ttl_s for KV key {key!r} must be a number of seconds, got {ttl_s!r}")
@@ -510,6 +522,8 @@ class PrefectKV(BoundService):
 
         Exact under concurrency across processes (per-key lock). ``ttl_s`` sets a new
         expiry; without it the list keeps its expiry.
+
+        Example: ``items = await context.kv().list_append_unique("seen", [{"id": 1}])``
         """
         name = self._name(key)
         ttl = _check_ttl(key, ttl_s)
@@ -545,7 +559,10 @@ class PrefectKV(BoundService):
             return current
 
     async def list_pop_all(self, key: str) -> list[Any]:
-        """Remove ``key`` and return the list it held ([] if missing or expired). Atomic across processes."""
+        """Remove ``key`` and return the list it held ([] if missing or expired). Atomic across processes.
+
+        Example: ``batch = await context.kv().list_pop_all("queue")``
+        """
         name = self._name(key)
         async with self._lock(key) as lock:
             var = await self._api.read(name)
@@ -564,6 +581,8 @@ class PrefectKV(BoundService):
         """User keys starting with ``prefix`` (not expired), sorted; at most ``limit`` of them.
 
         Returns keys, like Redis SCAN; read values with ``mget(keys)``.
+
+        Example: ``keys = await context.kv().scan_prefix("user:")``
         """
         names.check_key(prefix)
         found: list[str] = []
@@ -575,7 +594,10 @@ class PrefectKV(BoundService):
         return sorted(found)
 
     async def purge_expired(self, limit: int = 1000) -> int:
-        """Delete up to ``limit`` expired keys of this namespace (and their blobs); return how many."""
+        """Delete up to ``limit`` expired keys of this namespace (and their blobs); return how many.
+
+        Example: ``removed = await context.kv().purge_expired()``
+        """
         now = time.time()
         expired: list[str] = []
         async for key, _var, env in self._iter(names.name_prefix(self.namespace)):
