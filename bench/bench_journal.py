@@ -181,11 +181,14 @@ def sigkill_scenario(server: FakeOpenAI, durable: bool) -> int:
 
 def _start_server() -> None:
     """The bench's private Prefect server; on a loaded machine its first start can outlast the usual 180 s."""
+    from aether_prefect._prefect import use_api_url
+
     try:
-        common.start_prefect_server()
+        api = common.start_prefect_server()
     except TimeoutError:
         common._server.wait_ready(timeout=600)  # type: ignore[union-attr]
-        os.environ["PREFECT_API_URL"] = common._server.api_url  # type: ignore[union-attr]
+        api = common._server.api_url  # type: ignore[union-attr]
+    use_api_url(api)  # prefect was imported above: refresh its settings so every client uses this server
 
 
 def main() -> None:
