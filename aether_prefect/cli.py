@@ -235,6 +235,18 @@ def cmd_journal_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_migrate(args: argparse.Namespace) -> int:
+    """Convert the store's old artifact index to the partitioned layout (#21): safe twice, deletes nothing."""
+    from aether_prefect.config import store_config
+    from aether_prefect.services.artifacts._migrate import migrate
+    from aether_prefect.services.stores import open_store
+
+    _label, config = asyncio.run(_load(args.name))
+    report = migrate(open_store(store_config(config)))
+    print(json.dumps(report.model_dump()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aether-prefect", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--older-than-days", type=float, default=7.0, help="retention in days (default 7)")
     prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     prune.set_defaults(fn=cmd_journal_prune)
+    store = sub.add_parser("store", help="maintain the object store").add_subparsers(dest="sub", required=True)
+    migrate = store.add_parser("migrate", help="convert the artifact index to the partitioned layout (safe twice)")
+    migrate.add_argument("name", nargs="?", default=None, help="saved AetherConfig name")
+    migrate.set_defaults(fn=cmd_store_migrate)
 
     server = sub.add_parser("server", help="a local Prefect server").add_subparsers(dest="sub", required=True)
     start = server.add_parser("start", help="start `prefect server start` on 127.0.0.1 in the background")

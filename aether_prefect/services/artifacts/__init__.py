@@ -23,7 +23,9 @@ import anyio
 
 from aether_prefect._sync import async_cm
 from aether_prefect.errors import ArtifactNotFound, IntegrityError, ValidationError
-from aether_prefect.services.artifacts._index import ROOT, Artifact, IndexEvent, index_for
+from aether_prefect.services.artifacts._index import ROOT, Artifact
+from aether_prefect.services.artifacts._migrate import legacy_index
+from aether_prefect.services.artifacts._parts import parts_for
 from aether_prefect.services.artifacts._publish import publish
 from aether_prefect.services._checks import check_metrics
 from aether_prefect.services.base import BoundService
@@ -43,11 +45,61 @@ def blob_key(sha: str) -> str:
     return f"{ROOT}/blobs/{sha[:2]}/{sha}"
 
 
+_INLINE_MAX = 64 * 1024
+
+
+def _read_if_small(path: Path, limit: int) -> bytes | None:
+    """The whole file if it holds at most ``limit`` bytes (one read), else None."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
 def _hash_file(path: Path) -> tuple[str, int]:
     """sha256 and size of a file, streamed (hashlib reads into one reused buffer, releasing the GIL)."""
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
         return digest, f.tell()
+
+
+def _cache_dir() -> Path:
+    """This OS user's verified-copy cache: under ``$PREFECT_HOME``, uid in the name, mode 0700.
+
+    Never a directory shared by users (a second user would get PermissionError, or read another's files).
+    """
+    from aether_prefect._prefect import prefect_home
+
+    uid = os.getuid() if hasattr(os, "getuid") else os.getlogin()
+    path = Path(prefect_home()).expanduser() / "aether-cache" / f"artifacts-{uid}"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def _decode(data: bytes, encoding: str, what: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            f"artifact {what} is not {encoding} text (byte {data[exc.start:exc.start + 1]!r} at offset {exc.start}); "
+            "load it with load_bytes/load_bytes_by_id, or pass the encoding it was written in"
+        ) from None
+    except LookupError:
+        raise ValidationError(f"unknown encoding {encoding!r}; pass a Python codec name such as 'utf-8'") from None
+
+
+def _parse_json(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise ValidationError(
+            f"artifact {what} is not JSON: its bytes are not UTF-8 text (offset {exc.start}); "
+            "load it with load_bytes/load_bytes_by_id"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ValidationError(
+            f"artifact {what} is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); "
+            "load it with load_text/load_bytes, or save JSON with save_json"
+        ) from None
 
 
 # -- validation ----------------------------------------------------------------------
@@ -259,7 +311,11 @@ class ArtifactsService(BoundService):
         labels, metrics = _check_labels(labels), _check_metrics(metrics)
         sha = hashlib.sha256(data).hexdigest()
         store = self.store
-        await anyio.to_thread.run_sync(store.put_if_absent, blob_key(sha), data)
+        # Always written (atomically, S3-verified against ``sha``): a blob already there may be corrupt, and a
+        # save must never end with a record whose blob does not hash to its id. Same bytes, same key.
+        await anyio.to_thread.run_sync(
+            lambda: store.put_bytes(blob_key(sha), data, content_type=mime, sha256=sha)
+        )
         return await self._commit(sha, len(data), kind, name, labels, metrics, pin, mime, content=data, json_obj=json_obj)
 
     async def _save_file(
@@ -270,25 +326,17 @@ class ArtifactsService(BoundService):
         labels, metrics = _check_labels(labels), _check_metrics(metrics)
         if mime is None:
             mime = mimetypes.guess_type(name or src.name)[0] or "application/octet-stream"
+        if mime.startswith("text/") or mime == "application/json":
+            # Small text is shown inline in Prefect: read it once and save those very bytes.
+            head = await anyio.to_thread.run_sync(_read_if_small, src, _INLINE_MAX)
+            if head is not None:
+                return await self._save_data(head, kind, name, labels, metrics, pin, mime)
         store = self.store
-
-        def upload() -> tuple[str, int]:
-            sha, size = _hash_file(src)
-            key = blob_key(sha)
-            if not store.exists(key):
-                store.put_file(key, src, content_type=mime)
-            stored = store.size(key)
-            if stored != size:
-                raise IntegrityError(
-                    f"artifact {sha}: the store holds {stored} bytes, the file had {size}; was {src} modified while saving?"
-                )
-            return sha, size
-
-        sha, size = await anyio.to_thread.run_sync(upload)
-        inline = None
-        if size <= 64 * 1024 and (mime.startswith("text/") or mime == "application/json"):
-            inline = await anyio.to_thread.run_sync(src.read_bytes)
-        return await self._commit(sha, size, kind, name, labels, metrics, pin, mime, content=inline)
+        # One read: hashed while uploaded, stored under the hash of what was actually read.
+        sha, size = await anyio.to_thread.run_sync(
+            lambda: store.put_file_addressed(src, blob_key, content_type=mime)
+        )
+        return await self._commit(sha, size, kind, name, labels, metrics, pin, mime, content=None)
 
     async def _commit(
         self, sha: str, size: int, kind: str, name: str | None, labels: dict[str, Any], metrics: dict[str, float],
@@ -302,19 +350,14 @@ class ArtifactsService(BoundService):
             name=name, labels={**labels, **scope}, metrics=metrics, pinned=bool(pin),
             created_at=datetime.now(timezone.utc), **scope,
         )
-        index = index_for(self.store)
-        ref = await anyio.to_thread.run_sync(
-            index.write, IndexEvent(op="add", artifact_id=sha, record=art, at=art.created_at)
-        )
+        index = parts_for(self.store)
+        ref = await anyio.to_thread.run_sync(index.write_add, art)
         if pin:
-            await anyio.to_thread.run_sync(index.write, IndexEvent(op="pin", artifact_id=sha, at=art.created_at))
+            await anyio.to_thread.run_sync(index.write_pin, sha)
         pid = await publish(art, flow_run_id=ctx.flow_run_id, task_run_id=ctx.task_run_id, content=content, json_obj=json_obj)
         if pid is not None:
             art = art.model_copy(update={"prefect_artifact_id": pid})
-            await anyio.to_thread.run_sync(
-                index.write,
-                IndexEvent(op="prefect", artifact_id=sha, ref=ref, prefect_artifact_id=pid, at=datetime.now(timezone.utc)),
-            )
+            await anyio.to_thread.run_sync(index.write_prefect, ref, sha, pid)
         return art
 
     # -- loading ------------------------------------------------------------------------
@@ -353,36 +396,48 @@ class ArtifactsService(BoundService):
     async def get_by_id(self, artifact_id: str) -> Artifact:
         """The newest index record of ``artifact_id`` (any run); ArtifactNotFound if none."""
         self._check_id(artifact_id)
-        index = index_for(self.store)
-        await anyio.to_thread.run_sync(index.refresh)
-        for _key, rec in reversed(index.records()):
-            if rec.artifact_id == artifact_id:
-                return rec
-        raise ArtifactNotFound(f"no artifact with id {artifact_id} in the index of {self.store!r}")
+        rec = await anyio.to_thread.run_sync(self._get_record, artifact_id)
+        if rec is None:
+            raise ArtifactNotFound(f"no artifact with id {artifact_id} in the index of {self.store!r}")
+        return rec
+
+    def _get_record(self, artifact_id: str) -> Artifact | None:
+        """A point lookup in the partitioned index (then the old layout, for a store not yet migrated)."""
+        index = parts_for(self.store)
+        rec = index.get(artifact_id)
+        legacy = legacy_index(self.store)
+        if legacy is not None:
+            for _key, old in reversed(legacy.records()):
+                if old.artifact_id == artifact_id and (rec is None or old.created_at > rec.created_at):
+                    rec = old
+                    break
+        if rec is not None and not rec.pinned and index.pinned([artifact_id]):
+            rec = rec.model_copy(update={"pinned": True})
+        return rec
 
     async def load_bytes_by_id(self, artifact_id: str) -> bytes:
         """The bytes of ``artifact_id``, sha256-verified."""
         return await self._load(self._check_id(artifact_id))
 
     async def load_text_by_id(self, artifact_id: str, encoding: str = "utf-8") -> str:
-        """The content of ``artifact_id`` as text."""
-        return (await self.load_bytes_by_id(artifact_id)).decode(encoding)
+        """The content of ``artifact_id`` as text; ValidationError if it is not text in ``encoding``."""
+        return _decode(await self.load_bytes_by_id(artifact_id), encoding, artifact_id)
 
     async def load_json_by_id(self, artifact_id: str) -> Any:
-        """The content of ``artifact_id`` parsed as JSON."""
-        return json.loads(await self.load_bytes_by_id(artifact_id))
+        """The content of ``artifact_id`` parsed as JSON; ValidationError if it is not JSON."""
+        return _parse_json(await self.load_bytes_by_id(artifact_id), artifact_id)
 
     async def load_bytes(self, uri: str) -> bytes:
         """The bytes at an artifact ``uri``, sha256-verified."""
         return await self._load(self._sha_of_uri(uri))
 
     async def load_text(self, uri: str, encoding: str = "utf-8") -> str:
-        """The content at ``uri`` as text."""
-        return (await self.load_bytes(uri)).decode(encoding)
+        """The content at ``uri`` as text; ValidationError if it is not text in ``encoding``."""
+        return _decode(await self.load_bytes(uri), encoding, uri)
 
     async def load_json(self, uri: str) -> Any:
-        """The content at ``uri`` parsed as JSON."""
-        return json.loads(await self.load_bytes(uri))
+        """The content at ``uri`` parsed as JSON; ValidationError if it is not JSON."""
+        return _parse_json(await self.load_bytes(uri), uri)
 
     async def as_local_file(self, artifact_or_uri: Artifact | str) -> str:
         """A verified local copy of the artifact (streamed, cached by sha256); returns its path."""
@@ -393,10 +448,8 @@ class ArtifactsService(BoundService):
         else:
             sha = self._check_id(artifact_or_uri)  # type: ignore[arg-type]
         store = self.store
-        cache = Path(tempfile.gettempdir()) / "aether-prefect-artifacts"
-        dest = cache / sha
-
         def fetch() -> str:
+            dest = _cache_dir() / sha
             if not dest.is_file() or _hash_file(dest)[0] != sha:
                 try:
                     store.download_file(blob_key(sha), dest)
@@ -438,11 +491,9 @@ class ArtifactsService(BoundService):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValidationError(f"limit must be a positive int or None, got {limit!r}")
         want = _check_labels(labels)
-        index = index_for(self.store)
-        await anyio.to_thread.run_sync(index.refresh)
         seen: set[str] = set()
         hits: list[Artifact] = []
-        for rec in await anyio.to_thread.run_sync(index.query, kind, want):
+        for rec in await anyio.to_thread.run_sync(self._view_records, v, kind, want):
             if rec.artifact_id in seen:
                 continue
             if kind is not None and rec.kind != kind:
@@ -455,6 +506,10 @@ class ArtifactsService(BoundService):
                 continue
             seen.add(rec.artifact_id)
             hits.append(rec)
+        if hits:
+            pinned = await anyio.to_thread.run_sync(parts_for(self.store).pinned, [h.artifact_id for h in hits if not h.pinned])
+            if pinned:
+                hits = [h.model_copy(update={"pinned": True}) if h.artifact_id in pinned else h for h in hits]
         if metric is not None:
             hits.sort(key=lambda r: r.metrics[metric], reverse=(mode == "max"))
         return hits[:limit] if limit else hits
@@ -474,13 +529,26 @@ class ArtifactsService(BoundService):
         return hits[0] if hits else None
 
     async def pin(self, artifact_id: str) -> Artifact:
-        """Mark ``artifact_id`` as pinned (an immutable pin event; safe from many processes)."""
+        """Mark ``artifact_id`` as pinned (an idempotent pin object; safe from many processes)."""
         rec = await self.get_by_id(artifact_id)
-        index = index_for(self.store)
-        await anyio.to_thread.run_sync(
-            index.write, IndexEvent(op="pin", artifact_id=artifact_id, at=datetime.now(timezone.utc))
-        )
+        await anyio.to_thread.run_sync(parts_for(self.store).write_pin, artifact_id)
         return rec.model_copy(update={"pinned": True})
+
+    def _view_records(self, view: str, kind: str | None, labels: dict[str, Any]) -> list[Artifact]:
+        """Records that may be in ``view``, newest first: only the partitions the view needs are read."""
+        ctx, index = self.ctx, parts_for(self.store)
+        if view in ("run", "node"):
+            pairs = index.run_records(ctx.graph_id, ctx.run_id)
+        elif view == "graph":
+            pairs = index.graph_records(ctx.graph_id)
+        else:
+            pairs = index.all_records()
+        recs = [rec for _key, rec in pairs]
+        legacy = legacy_index(self.store)
+        if legacy is not None:  # a store written by the old layout and not migrated: read both
+            recs += [rec for rec in legacy.query(kind, labels)]
+        recs.sort(key=lambda r: r.created_at, reverse=True)
+        return recs
 
 
 def create(ctx: "NodeContext") -> ArtifactsService:

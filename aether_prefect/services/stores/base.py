@@ -7,10 +7,12 @@ Every write is atomic: a reader sees the whole object or none of it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from aether_prefect.errors import AetherError, StoreError
 
@@ -62,10 +64,27 @@ class ObjectStore(ABC):
         """
 
     @abstractmethod
-    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str | None = None, sha256: str | None = None
+    ) -> None:
         """Write ``data`` at ``key`` atomically (overwrites).
 
+        ``sha256`` (hex of ``data``, when the caller has it) lets the store verify the upload (S3 checksums).
+
         Example: ``context.store().put_bytes("notes/a.txt", b"hi", content_type="text/plain")``
+        """
+
+    @abstractmethod
+    def put_file_addressed(
+        self, path: Path, key_of: Callable[[str], str], *, content_type: str | None = None
+    ) -> tuple[str, int]:
+        """Store the file at ``path`` under ``key_of(sha256)`` reading it once; returns (sha256, size).
+
+        The bytes are hashed in the same pass that uploads them (to a temporary object), so the key always
+        names what was stored, even if the file changes meanwhile; whatever sat at that key and did not hold
+        exactly those bytes is replaced.
+
+        Example: ``sha, size = context.store().put_file_addressed(Path("a.bin"), lambda sha: f"blobs/{sha}")``
         """
 
     @abstractmethod
@@ -131,4 +150,25 @@ class ObjectStore(ABC):
         """
 
 
-__all__ = ["InvalidKey", "ObjectNotFound", "ObjectStore", "StoreError", "check_key"]
+class HashingReader:
+    """A read-only, non-seekable file wrapper that hashes (sha256) and counts every byte read through it.
+
+    Non-seekable on purpose: upload libraries then read each byte exactly once, in order.
+    """
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self._h = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self._f.read(n)
+        self._h.update(data)
+        self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+__all__ = ["HashingReader", "InvalidKey", "ObjectNotFound", "ObjectStore", "StoreError", "check_key"]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from aether_prefect.services.stores.base import InvalidKey, ObjectNotFound, ObjectStore, check_key
+from aether_prefect.services.stores.base import HashingReader, InvalidKey, ObjectNotFound, ObjectStore, check_key
 
 _CHUNK = 1024 * 1024
 
@@ -48,7 +48,9 @@ class LocalStore(ObjectStore):
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, dest)
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str | None = None, sha256: str | None = None
+    ) -> None:
         dest = self._path(key)
         fd, tmp = self._tmpfile()
         try:
@@ -70,6 +72,24 @@ class LocalStore(ObjectStore):
                 out.flush()
                 os.fsync(out.fileno())
             self._commit(tmp, dest)
+        except BaseException:
+            _unlink(tmp)
+            raise
+
+    def put_file_addressed(
+        self, path: Path, key_of: Callable[[str], str], *, content_type: str | None = None
+    ) -> tuple[str, int]:
+        """One read of ``path``: copied to a temp file while hashed, fsynced, then renamed onto ``key_of(sha)``."""
+        fd, tmp = self._tmpfile()
+        try:
+            with os.fdopen(fd, "wb") as out, open(path, "rb") as src:
+                reader = HashingReader(src)
+                shutil.copyfileobj(reader, out, _CHUNK)  # type: ignore[misc]
+                out.flush()
+                os.fsync(out.fileno())
+            sha = reader.hexdigest()
+            self._commit(tmp, self._path(key_of(sha)))  # replaces whatever was there (even a corrupt blob)
+            return sha, reader.size
         except BaseException:
             _unlink(tmp)
             raise

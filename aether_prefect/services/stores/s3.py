@@ -8,16 +8,18 @@ streamed from disk. S3 PUTs are atomic: a reader sees the whole object or none.
 
 from __future__ import annotations
 
+import base64
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from aether_prefect.errors import StoreError
-from aether_prefect.services.stores.base import InvalidKey, ObjectNotFound, ObjectStore, check_key
+from aether_prefect.services.stores.base import HashingReader, InvalidKey, ObjectNotFound, ObjectStore, check_key
 
 if TYPE_CHECKING:
     from aether_prefect.blocks import AetherObjectStore
@@ -29,6 +31,14 @@ MULTIPART_THRESHOLD = 8 * _MiB
 MULTIPART_CHUNKSIZE = 8 * _MiB
 MAX_CONCURRENCY = 10
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+#: Where ``put_file_addressed`` uploads before it knows the content's key (a lifecycle rule may expire it).
+TMP_PREFIX = ".tmp/uploads"
+_COPY_LIMIT = 5 * 1024 * _MiB  # CopyObject's maximum size
+
+
+def _b64(sha_hex: str) -> str:
+    """S3's form of a sha256 checksum (base64 of the digest)."""
+    return base64.b64encode(bytes.fromhex(sha_hex)).decode()
 
 
 class S3Store(ObjectStore):
@@ -183,8 +193,12 @@ class S3Store(ObjectStore):
 
     # -- writes -----------------------------------------------------------------------
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
-        extra = {"ContentType": content_type} if content_type else {}
+    def put_bytes(
+        self, key: str, data: bytes, *, content_type: str | None = None, sha256: str | None = None
+    ) -> None:
+        extra: dict[str, Any] = {"ContentType": content_type} if content_type else {}
+        if sha256:
+            extra["ChecksumSHA256"] = _b64(sha256)  # S3 rejects the PUT if the bytes it got differ
         self._call("put", key, self._client().put_object, Bucket=self.bucket, Key=self._key(key), Body=data, **extra)
 
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
@@ -202,6 +216,63 @@ class S3Store(ObjectStore):
                 f"S3 upload of s3://{self.bucket}/{s3_key} failed: {_safe(exc)}. "
                 f"Is the endpoint {self.endpoint_url or 'AWS S3'} reachable? Nothing was committed."
             ) from None
+
+    def put_file_addressed(
+        self, path: Path, key_of: Callable[[str], str], *, content_type: str | None = None
+    ) -> tuple[str, int]:
+        """One read of ``path``: uploaded to a temp key with S3 SHA256 checksums (S3 verifies every part)
+        while hashed here, then copied server-side to ``key_of(sha)`` unless an object S3 itself verified
+        as exactly those bytes is already there; the temp key is deleted."""
+        from boto3.exceptions import S3UploadFailedError
+
+        tmp = f"{TMP_PREFIX}/{uuid.uuid4().hex}"
+        client = self._client()
+        extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"}
+        if content_type:
+            extra["ContentType"] = content_type
+        try:
+            with open(path, "rb") as f:
+                reader = HashingReader(f)
+                self._call(
+                    "upload", tmp, client.upload_fileobj,
+                    Fileobj=reader, Bucket=self.bucket, Key=self._key(tmp), ExtraArgs=extra, Config=self._transfer_config(),
+                )
+        except S3UploadFailedError as exc:
+            raise StoreError(
+                f"S3 upload of {path.name} to s3://{self.bucket}/{self._key(tmp)} failed: {_safe(exc)}. "
+                f"Is the endpoint {self.endpoint_url or 'AWS S3'} reachable? Nothing was committed."
+            ) from None
+        sha = reader.hexdigest()
+        key = key_of(sha)
+        try:
+            if not self._holds_verified(key, sha):
+                source = {"Bucket": self.bucket, "Key": self._key(tmp)}
+                if reader.size < _COPY_LIMIT:  # one CopyObject (S3 computes a full-object SHA256 of the copy)
+                    self._call(
+                        "copy", key, client.copy_object,
+                        CopySource=source, Bucket=self.bucket, Key=self._key(key), ChecksumAlgorithm="SHA256",
+                    )
+                else:  # the transfer manager copies part by part
+                    self._call(
+                        "copy", key, client.copy, CopySource=source, Bucket=self.bucket, Key=self._key(key),
+                        ExtraArgs={"ChecksumAlgorithm": "SHA256"}, Config=self._transfer_config(),
+                    )
+        finally:
+            try:
+                self.delete(tmp)
+            except StoreError:
+                pass  # an orphan temp object is harmless (never listed by services)
+        return sha, reader.size
+
+    def _holds_verified(self, key: str, sha: str) -> bool:
+        """True if ``key`` exists with a full-object SHA256 checksum (verified by S3 on write) equal to ``sha``."""
+        try:
+            head = self._call(
+                "head", key, self._client().head_object, Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED"
+            )
+        except ObjectNotFound:
+            return False
+        return bool(head.get("ChecksumSHA256") == _b64(sha))
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -1,0 +1,91 @@
+"""The old artifact index layout (one time-ordered folder for the whole store): read it, or convert it.
+
+A store written before the partitioned index still reads: while it holds old events and no migration marker,
+queries also consult the old whole-store index. ``migrate`` copies every old event into the partitioned
+layout under keys derived from the old ones (so a second run rewrites the same objects: safe twice), never
+deletes an old object, then writes the marker so queries stop reading the old layout.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+from pydantic import BaseModel
+
+from aether_prefect.services.artifacts._index import REC, SNAP, ArtifactIndex, index_for
+from aether_prefect.services.artifacts._parts import IDS, PINS, RUNS, V2, _dumps, part_of
+from aether_prefect.services.stores.base import ObjectStore
+
+MARKER = f"{V2}/migrated.json"
+
+_absent: "weakref.WeakKeyDictionary[ObjectStore, bool]" = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def _has_legacy(store: ObjectStore) -> bool:
+    for prefix in (f"{REC}/", f"{SNAP}/"):
+        for _ in store.list_keys(prefix):
+            return True
+    return False
+
+
+def legacy_index(store: ObjectStore) -> ArtifactIndex | None:
+    """The old whole-store index of ``store``, refreshed, if it holds events not yet migrated; else None.
+
+    Checked once per process (one LIST); a store found without old events is not checked again.
+    """
+    with _lock:
+        if _absent.get(store):
+            return None
+    if store.exists(MARKER) or not _has_legacy(store):
+        with _lock:
+            _absent[store] = True
+        return None
+    index = index_for(store)
+    index.refresh()
+    return index
+
+
+class MigrationReport(BaseModel):
+    """What ``migrate`` did: records and Prefect links copied, pins copied, old objects left in place."""
+
+    records: int
+    prefect_links: int
+    pins: int
+    already_migrated: bool
+
+
+def migrate(store: ObjectStore) -> MigrationReport:
+    """Copy the old index into the partitioned layout; idempotent, loses nothing, deletes nothing."""
+    already = store.exists(MARKER)
+    old = ArtifactIndex(store)
+    old.refresh()
+    records = prefect_links = 0
+    for key, rec in old.records():
+        part = part_of(rec.graph_id, rec.run_id)
+        tail = key.rsplit("/", 1)[1]  # <time_us>-<uuid>.json: unique and time ordered already
+        new_key = f"{RUNS}/{part[0]}/{part[1]}/{tail}"
+        raw: dict[str, Any] = {"op": "add", "artifact_id": rec.artifact_id, "at": rec.created_at.isoformat(),
+                               "record": rec.model_dump(mode="json", exclude={"pinned", "prefect_artifact_id"})}
+        store.put_bytes(f"{IDS}/{rec.artifact_id[:2]}/{rec.artifact_id}/{tail[:-5]}", new_key.encode())
+        store.put_bytes(new_key, _dumps(raw), content_type="application/json")
+        records += 1
+        if rec.prefect_artifact_id:
+            link = {"op": "prefect", "artifact_id": rec.artifact_id, "ref": new_key,
+                    "prefect_artifact_id": rec.prefect_artifact_id, "at": rec.created_at.isoformat()}
+            store.put_bytes(f"{RUNS}/{part[0]}/{part[1]}/{tail[:-5]}-prefect.json", _dumps(link), content_type="application/json")
+            prefect_links += 1
+    pins = 0
+    for aid in sorted(old._pinned):
+        store.put_bytes(f"{PINS}/{aid}", b"migrated")
+        pins += 1
+    store.put_bytes(MARKER, _dumps({"records": records, "prefect_links": prefect_links, "pins": pins}),
+                    content_type="application/json")
+    with _lock:
+        _absent[store] = True
+    return MigrationReport(records=records, prefect_links=prefect_links, pins=pins, already_migrated=already)
+
+
+__all__ = ["MARKER", "MigrationReport", "legacy_index", "migrate"]

@@ -1,0 +1,291 @@
+"""The artifact index, partitioned by graph and run in the store's own key layout (#21).
+
+Why the key layout and not an embedded engine: every save must stay an immutable write that many processes
+on many machines can do at once, on a directory or an S3 bucket. SQLite/DuckDB files cannot be written
+concurrently through S3, while S3 lists any key prefix in one request per 1,000 keys; so the partition *is*
+the prefix, and a query lists and reads only the partitions it needs:
+
+- ``artifacts/index/v2/run/g=<graph>/r=<run>/<time_us>-<uuid>.json``: the ``add`` event of a save (the commit
+  point) and the ``prefect`` event that links it to its Prefect artifact, in the run's partition.
+- ``artifacts/index/v2/id/<sha[:2]>/<sha>/<time_us>-<uuid>``: a pointer (the add event's key) written just
+  before the add event, so ``get_by_id`` lists one tiny prefix. A pointer whose add event never landed is
+  ignored.
+- ``artifacts/index/v2/pin/<sha>``: a pin (idempotent).
+- ``artifacts/index/v2/seg/g=<graph>/r=<run>/<count>-<uuid>.json``: a segment, the events of a run partition
+  known to a reader that had to fetch many of them one by one. It names its keys, so a reader lists the
+  partition's keys (cheap), takes the biggest segment and fetches only the keys it lacks; writer clocks do not
+  matter. Segments are an optimisation: the events stay authoritative.
+
+``view="run"|"node"`` reads one partition, ``view="graph"`` the graph's partitions, ``view="all"`` every
+partition (the whole history: say ``kind=``/``labels=`` with a run or graph view to keep it small). A
+process caches the partitions it queried and, on each query, lists only those partitions again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+import weakref
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import Any
+
+from aether_prefect.services.artifacts._index import ROOT, Artifact, ArtifactIndex, IndexEvent
+from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
+
+V2 = f"{ROOT}/index/v2"
+RUNS = f"{V2}/run"
+IDS = f"{V2}/id"
+PINS = f"{V2}/pin"
+SEGS = f"{V2}/seg"
+#: Events fetched one by one in a partition before the reader writes a segment of it.
+SEGMENT_AFTER = 32
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+_POOL = 16
+
+Part = tuple[str, str]  # (graph part, run part) as they appear in keys
+
+
+def enc(tag: str, value: str | None) -> str:
+    """A key part for an id of any text: ``<tag>=`` + the id with unsafe bytes as ``~XX`` (None: ``<tag>-``)."""
+    if value is None:
+        return f"{tag}-"
+    out = []
+    for ch in value:
+        if ch in _SAFE:
+            out.append(ch)
+        else:
+            out.extend(f"~{b:02X}" for b in ch.encode("utf-8"))
+    return f"{tag}=" + "".join(out)
+
+
+def part_of(graph_id: str | None, run_id: str | None) -> Part:
+    return enc("g", graph_id), enc("r", run_id)
+
+
+def _event_key(part: Part, at: datetime | None = None) -> str:
+    at = at or datetime.now(timezone.utc)
+    return f"{RUNS}/{part[0]}/{part[1]}/{int(at.timestamp() * 1e6):017d}-{uuid.uuid4().hex[:12]}.json"
+
+
+def _part_of_key(key: str) -> Part:
+    g, r = key[len(RUNS) + 1 :].split("/", 2)[:2]
+    return g, r
+
+
+def _dumps(raw: dict[str, Any]) -> bytes:
+    return json.dumps(raw, separators=(",", ":")).encode()
+
+
+class _Partition(ArtifactIndex):
+    """One run's events in memory, folded exactly as the whole-store index folds them (retried saves...)."""
+
+    def __init__(self, store: ObjectStore, part: Part) -> None:
+        super().__init__(store)
+        self.part = part
+        self.raw: dict[str, dict[str, Any]] = {}
+        self.fetched = 0  # events fetched one by one since the last segment
+        self.seg_count = 0
+
+    def _apply(self, key: str, raw: dict[str, Any]) -> None:
+        if key in self._seen:
+            return
+        super()._apply(key, raw)
+        self._loose.pop(key, None)
+        self.raw[key] = raw
+
+
+class PartitionedIndex:
+    """The process-wide, lazily filled view of one store's partitioned artifact index."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self._store = store
+        self._lock = threading.RLock()
+        self._parts: dict[Part, _Partition] = {}
+
+    # -- writes -------------------------------------------------------------------
+
+    def write_add(self, record: Artifact) -> str:
+        """Point the id at the add event, then write the add event (the commit point); returns its key."""
+        part = part_of(record.graph_id, record.run_id)
+        key = _event_key(part, record.created_at)
+        sha = record.artifact_id
+        self._store.put_bytes(f"{IDS}/{sha[:2]}/{sha}/{key.rsplit('/', 1)[1][:-5]}", key.encode())
+        raw = IndexEvent(op="add", artifact_id=sha, record=record, at=record.created_at).model_dump(mode="json", exclude_none=True)
+        self._store.put_bytes(key, _dumps(raw), content_type="application/json")
+        with self._lock:
+            p = self._parts.get(part)
+            if p is not None:
+                p._apply(key, raw)
+        return key
+
+    def write_prefect(self, add_key: str, artifact_id: str, prefect_artifact_id: str) -> None:
+        """Link the add event ``add_key`` to its Prefect artifact (an event in the same partition)."""
+        part = _part_of_key(add_key)
+        at = datetime.now(timezone.utc)
+        raw = IndexEvent(op="prefect", artifact_id=artifact_id, ref=add_key, prefect_artifact_id=prefect_artifact_id, at=at)
+        data = raw.model_dump(mode="json", exclude_none=True)
+        key = _event_key(part, at)
+        self._store.put_bytes(key, _dumps(data), content_type="application/json")
+        with self._lock:
+            p = self._parts.get(part)
+            if p is not None:
+                p._apply(key, data)
+
+    def write_pin(self, artifact_id: str) -> None:
+        """Pin ``artifact_id`` (every record of it), idempotently."""
+        self._store.put_bytes(f"{PINS}/{artifact_id}", datetime.now(timezone.utc).isoformat().encode())
+
+    # -- reads --------------------------------------------------------------------
+
+    def run_records(self, graph_id: str | None, run_id: str | None) -> list[tuple[str, Artifact]]:
+        """(key, record) of one run, fresh from the store (one LIST of the partition + new events)."""
+        part = part_of(graph_id, run_id)
+        prefix = f"{RUNS}/{part[0]}/{part[1]}/"
+        with self._lock:
+            fresh = part not in self._parts
+        segs = self._list(f"{SEGS}/{part[0]}/{part[1]}/") if fresh else []
+        self._refresh({part: list(self._list(prefix))}, {part: segs})
+        return self._records([part])
+
+    def graph_records(self, graph_id: str | None) -> list[tuple[str, Artifact]]:
+        """(key, record) of every run of ``graph_id``."""
+        g = enc("g", graph_id)
+        return self._scan(f"{RUNS}/{g}/", f"{SEGS}/{g}/")
+
+    def all_records(self) -> list[tuple[str, Artifact]]:
+        """(key, record) of every run of every graph (the whole history)."""
+        return self._scan(f"{RUNS}/", f"{SEGS}/")
+
+    def get(self, artifact_id: str) -> Artifact | None:
+        """The newest record of ``artifact_id``: one LIST of its id prefix, then its run's partition."""
+        pointers = sorted(self._list(f"{IDS}/{artifact_id[:2]}/{artifact_id}/"), reverse=True)
+        for pointer in pointers:
+            try:
+                ref = self._store.get_bytes(pointer).decode()
+            except ObjectNotFound:
+                continue
+            if not ref.startswith(f"{RUNS}/"):
+                continue
+            part = _part_of_key(ref)
+            with self._lock:
+                p = self._parts.get(part)
+            if p is None or ref not in p._seen:
+                prefix = f"{RUNS}/{part[0]}/{part[1]}/"
+                segs = self._list(f"{SEGS}/{part[0]}/{part[1]}/") if p is None else []
+                self._refresh({part: list(self._list(prefix))}, {part: segs})
+            with self._lock:
+                p = self._parts[part]
+                kept = p._alias.get(ref, ref)
+                if kept in p._adds:
+                    return dict(self._records([part]))[kept]
+        return None
+
+    def pinned(self, artifact_ids: Iterable[str]) -> set[str]:
+        """Which of ``artifact_ids`` are pinned (a HEAD each for a few, one LIST of the pins for many)."""
+        ids = set(artifact_ids)
+        if not ids:
+            return set()
+        if len(ids) > 64:
+            return {k.rsplit("/", 1)[1] for k in self._list(f"{PINS}/")} & ids
+        found = self._map(lambda a: (a, self._store.exists(f"{PINS}/{a}")), sorted(ids))
+        return {a for a, yes in found if yes}
+
+    # -- internals ----------------------------------------------------------------
+
+    def _list(self, prefix: str) -> list[str]:
+        return list(self._store.list_keys(prefix))
+
+    def _scan(self, run_prefix: str, seg_prefix: str) -> list[tuple[str, Artifact]]:
+        by_part: dict[Part, list[str]] = {}
+        for key in self._list(run_prefix):
+            by_part.setdefault(_part_of_key(key), []).append(key)
+        with self._lock:
+            need_segs = any(part not in self._parts for part in by_part)
+        segs: dict[Part, list[str]] = {}
+        if need_segs:
+            for key in self._list(seg_prefix):
+                g, r, _ = key[len(SEGS) + 1 :].split("/", 2)
+                segs.setdefault((g, r), []).append(key)
+        self._refresh(by_part, segs)
+        return self._records(list(by_part))
+
+    def _refresh(self, keys: dict[Part, list[str]], segs: dict[Part, list[str]]) -> None:
+        """Load the newest segment of each new partition, then fetch the events no one has seen yet."""
+        with self._lock:
+            parts = {}
+            for part in keys:
+                if part not in self._parts:
+                    self._parts[part] = _Partition(self._store, part)
+                parts[part] = self._parts[part]
+        seg_jobs = [(part, max(seg_keys)) for part, seg_keys in segs.items() if seg_keys and part in parts]
+        for part, raw_seg in self._map(lambda job: (job[0], self._get_json(job[1])), seg_jobs):
+            if raw_seg:
+                p = parts[part]
+                with self._lock:
+                    for key in sorted(raw_seg.get("events", {})):
+                        p._apply(key, raw_seg["events"][key])
+                    p.seg_count = max(p.seg_count, len(raw_seg.get("events", {})))
+        todo = [(part, key) for part, part_keys in keys.items() for key in part_keys if key not in parts[part]._seen]
+        for (part, key), raw in self._map(lambda job: (job, self._get_json(job[1])), todo):
+            if raw is not None:
+                with self._lock:
+                    parts[part]._apply(key, raw)
+                    parts[part].fetched += 1
+        for p in parts.values():
+            if p.fetched >= SEGMENT_AFTER:
+                self._write_segment(p)
+
+    def _write_segment(self, p: _Partition) -> None:
+        with self._lock:
+            events = dict(p.raw)
+            p.fetched = 0
+        if len(events) <= p.seg_count:
+            return
+        key = f"{SEGS}/{p.part[0]}/{p.part[1]}/{len(events):09d}-{uuid.uuid4().hex[:12]}.json"
+        try:
+            self._store.put_bytes(key, _dumps({"events": events}), content_type="application/json")
+        except Exception:  # noqa: BLE001 - a segment is an optimisation; the events stay authoritative
+            return
+        p.seg_count = len(events)
+
+    def _get_json(self, key: str) -> dict[str, Any] | None:
+        try:
+            out = json.loads(self._store.get_bytes(key))
+        except (ObjectNotFound, ValueError):
+            return None  # deleted or foreign object: skip
+        return out if isinstance(out, dict) else None
+
+    def _map(self, fn: Any, jobs: list[Any]) -> list[Any]:
+        if len(jobs) <= 4:
+            return [fn(j) for j in jobs]
+        with ThreadPoolExecutor(min(_POOL, len(jobs))) as pool:
+            return list(pool.map(fn, jobs))
+
+    def _records(self, parts: list[Part]) -> list[tuple[str, Artifact]]:
+        with self._lock:
+            out: list[tuple[str, Artifact]] = []
+            for part in parts:
+                p = self._parts.get(part)
+                if p is not None:
+                    out.extend(p.records())
+        return out
+
+
+_indexes: "weakref.WeakKeyDictionary[ObjectStore, PartitionedIndex]" = weakref.WeakKeyDictionary()
+_indexes_lock = threading.Lock()
+
+
+def parts_for(store: ObjectStore) -> PartitionedIndex:
+    """The one PartitionedIndex of ``store`` in this process."""
+    with _indexes_lock:
+        idx = _indexes.get(store)
+        if idx is None:
+            idx = PartitionedIndex(store)
+            _indexes[store] = idx
+        return idx
+
+
+__all__ = ["IDS", "PINS", "RUNS", "SEGS", "V2", "PartitionedIndex", "enc", "part_of", "parts_for"]

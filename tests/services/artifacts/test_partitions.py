@@ -1,0 +1,218 @@
+"""#21: the artifact index is partitioned by graph and run; queries read only what they need; old stores
+still read and migrate (twice, losing nothing)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import threading
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aether_prefect import open_session
+from aether_prefect.blocks import AetherConfig, AetherObjectStore
+from aether_prefect.services.artifacts import Artifact, blob_key
+from aether_prefect.services.artifacts import _migrate
+from aether_prefect.services.artifacts._index import REC, ArtifactIndex, IndexEvent
+from aether_prefect.services.artifacts._migrate import MARKER, migrate
+from aether_prefect.services.artifacts._parts import IDS, RUNS, SEGS, PartitionedIndex, enc, part_of
+from aether_prefect.services.stores import open_store
+from aether_prefect.services.stores.base import ObjectStore
+from aether_prefect.services.stores.local import LocalStore
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=["local", "s3"])
+def store(request: pytest.FixtureRequest, tmp_store: AetherObjectStore) -> ObjectStore:
+    block = tmp_store if request.param == "local" else request.getfixturevalue("s3_store_block")
+    return open_store(block)
+
+
+class _Counting:
+    """Wraps a real store and records every key read and every prefix listed."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner, self.reads, self.lists = inner, [], []  # type: ignore[var-annotated]
+        self._lock = threading.Lock()
+
+    def get_bytes(self, key: str) -> bytes:
+        with self._lock:
+            self.reads.append(key)
+        return self.inner.get_bytes(key)
+
+    def list_keys(self, prefix: str, **kw: Any) -> Any:
+        with self._lock:
+            self.lists.append(prefix)
+        return self.inner.list_keys(prefix, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _rec(i: int, graph: str | None, run: str, *, kind: str = "k", at: datetime | None = None) -> Artifact:
+    sha = hashlib.sha256(f"{i}".encode()).hexdigest()
+    return Artifact(artifact_id=sha, uri=f"file:///{sha}", sha256=sha, kind=kind, bytes=1, metrics={"m": float(i)},
+                    labels={"i": i, "run_id": run}, created_at=at or datetime.now(timezone.utc), run_id=run,
+                    graph_id=graph, node_id="n")
+
+
+def _fill(store: ObjectStore) -> dict[tuple[str | None, str], list[str]]:
+    writer = PartitionedIndex(store)
+    layout = {("ga", "r1"): range(0, 6), ("ga", "r2"): range(6, 10), ("g/b ü", "r1"): range(10, 13), (None, "r9"): range(13, 14)}
+    out: dict[tuple[str | None, str], list[str]] = {}
+    for (graph, run), ids in layout.items():
+        out[(graph, run)] = [writer.write_add(_rec(i, graph, run)) and _rec(i, graph, run).artifact_id for i in ids]
+    return out
+
+
+def test_queries_read_only_their_partitions(store: ObjectStore) -> None:
+    ids = _fill(store)
+    counting = _Counting(store)
+    fresh = PartitionedIndex(counting)  # type: ignore[arg-type]
+    recs = [r for _, r in fresh.run_records("ga", "r1")]
+    assert sorted(r.artifact_id for r in recs) == sorted(ids[("ga", "r1")])
+    run_prefix = f"{RUNS}/{enc('g', 'ga')}/{enc('r', 'r1')}/"
+    assert counting.reads and all(k.startswith(run_prefix) for k in counting.reads), counting.reads
+    assert all(p.startswith((run_prefix, f"{SEGS}/{enc('g', 'ga')}/{enc('r', 'r1')}/")) for p in counting.lists)
+    assert list(fresh._parts) == [part_of("ga", "r1")], "a fresh process holds only what it queried"
+
+    counting.reads.clear()
+    graph = [r for _, r in fresh.graph_records("ga")]
+    assert sorted(r.artifact_id for r in graph) == sorted(ids[("ga", "r1")] + ids[("ga", "r2")])
+    assert all(k.startswith(f"{RUNS}/{enc('g', 'ga')}/{enc('r', 'r2')}/") for k in counting.reads), "r1 is cached"
+    weird = [r for _, r in PartitionedIndex(store).graph_records("g/b ü")]
+    assert sorted(r.artifact_id for r in weird) == sorted(ids[("g/b ü", "r1")]) and weird[0].graph_id == "g/b ü"
+    assert len(PartitionedIndex(store).all_records()) == 14
+
+    counting.reads.clear()
+    target = ids[("ga", "r2")][1]
+    point = PartitionedIndex(counting)  # type: ignore[arg-type]
+    got = point.get(target)
+    assert got is not None and got.artifact_id == target and got.run_id == "r2"
+    assert all(k.startswith((f"{IDS}/{target[:2]}/{target}/", f"{RUNS}/{enc('g', 'ga')}/{enc('r', 'r2')}/"))
+               for k in counting.reads), counting.reads
+    assert point.get("0" * 64) is None
+
+
+def test_segments_cut_reads_and_miss_nothing(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, "p")
+    writer = PartitionedIndex(store)
+    for i in range(40):
+        writer.write_add(_rec(i, "g", "r"))
+    assert len(PartitionedIndex(store).run_records("g", "r")) == 40  # fetched one by one: writes a segment
+    assert len(list(store.list_keys(f"{SEGS}/"))) == 1
+    writer.write_add(_rec(40, "g", "r", at=datetime.now(timezone.utc) - timedelta(hours=3)))  # a skewed clock
+    counting = _Counting(store)
+    recs = PartitionedIndex(counting).run_records("g", "r")  # type: ignore[arg-type]
+    assert sorted(int(r.metrics["m"]) for _, r in recs) == list(range(41))
+    assert len(counting.reads) == 2, counting.reads  # the segment and the one event it lacks
+
+
+def _writer_proc(root: str, n: int, tag: int) -> None:
+    store = LocalStore(root, "p")
+    index = PartitionedIndex(store)
+    for i in range(n):
+        index.write_add(_rec(tag * 1000 + i, "g", "shared"))
+
+
+def test_concurrent_writers_in_many_processes_lose_nothing(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")  # modules already imported: quick to start
+    procs = [ctx.Process(target=_writer_proc, args=(str(tmp_path), 25, t)) for t in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(600)
+        assert p.exitcode == 0
+    recs = PartitionedIndex(LocalStore(tmp_path, "p")).run_records("g", "shared")
+    assert sorted(int(r.metrics["m"]) for _, r in recs) == sorted(t * 1000 + i for t in range(4) for i in range(25))
+
+
+def test_a_retried_save_is_one_entry_in_its_partition(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, "p")
+    rec = _rec(1, "g", "r")
+    part = part_of("g", "r")
+    keys = [f"{RUNS}/{part[0]}/{part[1]}/{n:017d}-{uuid.uuid4().hex[:12]}.json" for n in (1, 2)]
+    for key in keys:  # the first attempt landed, the retry wrote a second add event of the same save
+        raw = IndexEvent(op="add", artifact_id=rec.artifact_id, record=rec, at=rec.created_at)
+        store.put_bytes(key, json.dumps(raw.model_dump(mode="json", exclude_none=True)).encode())
+    link = IndexEvent(op="prefect", artifact_id=rec.artifact_id, ref=keys[1], prefect_artifact_id="pa-1", at=rec.created_at)
+    store.put_bytes(f"{RUNS}/{part[0]}/{part[1]}/{3:017d}-x.json", json.dumps(link.model_dump(mode="json", exclude_none=True)).encode())
+    recs = PartitionedIndex(store).run_records("g", "r")
+    assert len(recs) == 1 and recs[0][1].prefect_artifact_id == "pa-1"
+
+
+async def test_old_layout_reads_then_migrates_twice_losing_nothing(config_local: AetherConfig) -> None:
+    store = open_store(config_local.store)  # type: ignore[arg-type]
+    old = ArtifactIndex(store)  # the pre-#21 writer
+    now = datetime.now(timezone.utc)
+    async with open_session(config=config_local, graph_id="ga", run_id="r1") as ctx:
+        recs = [_rec(i, "ga", "r1", kind="model", at=now + timedelta(seconds=i)) for i in range(3)]
+        for r in recs:
+            store.put_bytes(blob_key(r.artifact_id), str(int(r.metrics["m"])).encode())
+        keys = [old.write(IndexEvent(op="add", artifact_id=r.artifact_id, record=r, at=r.created_at)) for r in recs]
+        old.write(IndexEvent(op="pin", artifact_id=recs[0].artifact_id, at=now))
+        old.write(IndexEvent(op="prefect", artifact_id=recs[1].artifact_id, ref=keys[1], prefect_artifact_id="pa-1", at=now))
+        old.write(IndexEvent(op="add", artifact_id=recs[2].artifact_id, record=_rec(2, "other", "r5", at=now), at=now))
+        new = await ctx.artifacts().save_text("new layout", kind="model", metrics={"m": 9})
+
+        def snapshot(hits: list[Artifact]) -> list[tuple[str, bool, str | None, str | None]]:
+            return sorted((h.artifact_id, h.pinned, h.prefect_artifact_id, h.run_id) for h in hits)
+
+        before_run = snapshot(await ctx.artifacts().search(kind="model", view="run"))
+        assert len(before_run) == 4 and new.artifact_id in {h[0] for h in before_run}
+        assert (await ctx.artifacts().get_by_id(recs[0].artifact_id)).pinned
+        assert (await ctx.artifacts().best(kind="model", metric="m")).artifact_id == new.artifact_id  # type: ignore[union-attr]
+        before_all = snapshot(await ctx.artifacts().search(view="all"))
+        old_objects = set(store.list_keys(f"{REC}/"))
+
+        first = migrate(store)
+        assert (first.records, first.pins, first.prefect_links, first.already_migrated) == (4, 1, 1, False)
+        second = migrate(store)
+        assert (second.records, second.already_migrated) == (4, True)
+        assert set(store.list_keys(f"{REC}/")) == old_objects, "migration deletes nothing"
+        assert store.exists(MARKER)
+        _migrate._absent.clear()
+        from aether_prefect.services.artifacts import _parts
+
+        _parts._indexes.clear()
+        assert _migrate.legacy_index(store) is None  # migrated: the old layout is no longer read
+        assert snapshot(await ctx.artifacts().search(kind="model", view="run")) == before_run
+        assert snapshot(await ctx.artifacts().search(view="all")) == before_all
+        assert (await ctx.artifacts().get_by_id(recs[1].artifact_id)).prefect_artifact_id == "pa-1"
+
+
+@pytest.fixture
+def config_local(tmp_store: AetherObjectStore) -> AetherConfig:
+    _migrate._absent.clear()
+    return AetherConfig(store=tmp_store)
+
+
+def test_cli_store_migrate_runs_twice(tmp_store: AetherObjectStore, capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from aether_prefect import cli
+
+    store = open_store(tmp_store)
+    old = ArtifactIndex(store)
+    r = _rec(7, "g", "r")
+    old.write(IndexEvent(op="add", artifact_id=r.artifact_id, record=r, at=r.created_at))
+
+    async def fake_load(name: str | None) -> tuple[str, AetherConfig]:
+        return "test", AetherConfig(store=tmp_store)
+
+    monkeypatch.setattr(cli, "_load", fake_load)
+    for _ in range(2):
+        assert cli.main(["store", "migrate"]) == 0
+        assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records"] == 1
+    got = PartitionedIndex(store).get(r.artifact_id)
+    assert got is not None and got.run_id == "r"
