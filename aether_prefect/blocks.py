@@ -269,6 +269,11 @@ config = AetherConfig.load("BLOCK_NAME")
             "(what a saved AetherConfig holds) or as instances in code."
         ),
     )
+    memory_mirror: Literal["off", "kind", "excerpt"] = Field(
+        default="excerpt",
+        description="What memory mirrors into Prefect events: nothing ('off'), the kind and ids only ('kind'), "
+        "or a capped excerpt of text and data ('excerpt': 256 characters, 1 KiB of data).",
+    )
 
     @field_validator("kv_namespace")
     @classmethod

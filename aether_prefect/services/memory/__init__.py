@@ -277,6 +277,9 @@ class MemoryService(BoundService):
             self._emit_ok = bool(api_url() or self.ctx.flow_run_id)
         if not self._emit_ok:
             return
+        mirror = getattr(self.ctx.config, "memory_mirror", "excerpt")
+        if mirror == "off":
+            return
         from aether_prefect._prefect import events
 
         ctx = self.ctx
@@ -287,19 +290,22 @@ class MemoryService(BoundService):
         if ctx.task_run_id:
             related.append({"prefect.resource.id": f"prefect.task-run.{ctx.task_run_id}",
                             "prefect.resource.role": "task-run"})
-        text = event.text or ""
         payload: dict[str, Any] = {
             "kind": event.kind, "event_id": event.event_id, "node_id": event.node_id, "run_id": event.run_id,
-            "tags": event.tags[:20], "severity": event.severity, "stage": event.stage,
-            "text": text[:_PAYLOAD_TEXT], "text_truncated": len(text) > _PAYLOAD_TEXT,
         }
-        if event.signal is not None:
-            payload["signal"] = event.signal
-        if event.metrics:
-            payload["metrics"] = dict(islice(event.metrics.items(), 20))
-        data_json = json.dumps(event.data, ensure_ascii=False)
-        if len(data_json.encode("utf-8")) <= _PAYLOAD_DATA_BYTES:
-            payload["data"] = event.data
+        if mirror == "excerpt":  # memory_mirror="kind" stops here: no text, tags nor data leave the store
+            text = event.text or ""
+            payload.update({
+                "tags": event.tags[:20], "severity": event.severity, "stage": event.stage,
+                "text": text[:_PAYLOAD_TEXT], "text_truncated": len(text) > _PAYLOAD_TEXT,
+            })
+            if event.signal is not None:
+                payload["signal"] = event.signal
+            if event.metrics:
+                payload["metrics"] = dict(islice(event.metrics.items(), 20))
+            data_json = json.dumps(event.data, ensure_ascii=False)
+            if len(data_json.encode("utf-8")) <= _PAYLOAD_DATA_BYTES:
+                payload["data"] = event.data
         try:
             events.emit(
                 f"aether.memory.{event.kind}",

@@ -2,12 +2,16 @@
 
 Layout under ``memory/<level>/<timeline>/``::
 
-    hours/<inv_hour>                                      marker: this hour has events
-    ev/<inv_hour>/<inv_ts>~<kind>~<writer>~<seq>.json     one event, never rewritten
+    hours/<inv_hour>                                              marker: this hour has events
+    ev/<inv_hour>/<inv_min>/<inv_sec>/<inv_ts>~<kind>~<writer>~<seq>.json   one event, never rewritten
 
-``inv_hour`` and ``inv_ts`` are the UTC hour and the nanosecond timestamp subtracted
-from a constant, so the store's ascending listing yields the newest events first:
-reading the newest N lists only the newest hour folders and stops. Every writer has
+``inv_hour``, ``inv_min``, ``inv_sec`` and ``inv_ts`` are the UTC hour, minute, second and
+nanosecond timestamp subtracted from a constant, so the store's ascending listing yields the
+newest events first: reading the newest N lists only the newest hour and second folders and
+stops, however many events the hour holds (a local directory is listed whole, hence the minute
+and second shards: at most 60 + 60 entries before the newest second's events; S3 pages 1,000 keys
+at a time). Stores written before the second shard (events directly
+in the hour folder) still read: in an hour holding both, the sharded (newer) events list first. Every writer has
 its own random id and a strictly increasing timestamp, so concurrent writers in any
 number of processes never touch the same object and each writer's order is kept.
 The kind is in the key so kind filters skip objects without reading them.
@@ -70,6 +74,12 @@ def _inv_hour(ts_ns: int) -> str:
     return f"{_MAX_HOUR - hour:010d}"
 
 
+def _inv_min_sec(ts_ns: int) -> str:
+    """``<inv_min>/<inv_sec>`` of the hour (59 - minute, 59 - second): the newest folders list first."""
+    minute, second = divmod((ts_ns // 1_000_000_000) % 3600, 60)
+    return f"{59 - minute:02d}/{59 - second:02d}"
+
+
 def key_kind_token(key: str) -> str:
     """The kind token stored in an event key."""
     return key.rsplit("/", 1)[-1].split("~")[1]
@@ -98,7 +108,7 @@ class LogWriter:
     def key_for(self, ts_ns: int, seq: int, kind: str) -> str:
         """The object key of the event written at ``ts_ns`` with ``seq`` by this writer."""
         inv_ts = f"{_MAX_TS - ts_ns:020d}"
-        return f"{self.prefix}/ev/{_inv_hour(ts_ns)}/{inv_ts}~{kind_token(kind)}~{self.writer_id}~{seq}.json"
+        return f"{self.prefix}/ev/{_inv_hour(ts_ns)}/{_inv_min_sec(ts_ns)}/{inv_ts}~{kind_token(kind)}~{self.writer_id}~{seq}.json"
 
     def write(self, ts_ns: int, key: str, body: bytes) -> None:
         """Mark the hour (once per writer per hour), then write the event object."""
