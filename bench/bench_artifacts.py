@@ -167,70 +167,91 @@ def bench_save_text(rows: list[dict[str, Any]]) -> None:
     rows.append(common.row("save_text 1 KB: HTTP requests per call", res["ours_req"], res["raw_req"], "req"))
 
 
-def bench_search(rows: list[dict[str, Any]]) -> None:
-    from datetime import datetime, timedelta, timezone
-    from concurrent.futures import ThreadPoolExecutor
+SCALE_N = int(os.environ.get("BENCH_ARTIFACT_SCALE_N", "1000000" if os.environ.get("BENCH_MILLION") else "20000"))
 
-    from aether_prefect import open_session_sync
-    from aether_prefect.blocks import AetherConfig, AetherObjectStore
-    from aether_prefect.services.artifacts._index import Artifact, ArtifactIndex, IndexEvent, index_for
+_FRESH = r"""
+import json, sys, time, resource
+import psutil
+from aether_prefect import open_session_sync
+from aether_prefect.blocks import AetherConfig, AetherObjectStore
+args = json.loads(sys.argv[1])
+cfg = AetherConfig(store=AetherObjectStore(backend="local", root=args["root"]), memory_mirror="off")
+proc = psutil.Process()
+out = {}
+with open_session_sync(config=cfg, graph_id=args["graph"], run_id=args["run"]) as ctx:
+    arts = ctx.artifacts().sync
+    out["rss0"] = proc.memory_info().rss
+    t = time.perf_counter(); hits = arts.search(view="run"); out["run_ms"] = (time.perf_counter() - t) * 1000
+    out["run_hits"] = len(hits)
+    t = time.perf_counter(); rec = arts.get_by_id(args["id"]); out["id_ms"] = (time.perf_counter() - t) * 1000
+    assert rec.artifact_id == args["id"]
+    t = time.perf_counter(); best = arts.best(kind="model", metric="score", view="graph")
+    out["graph_ms"] = (time.perf_counter() - t) * 1000
+    out["graph_ok"] = best is not None
+    out["rss_growth_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - out["rss0"]) / 2**20
+print(json.dumps(out))
+"""
 
-    root = tempfile.mkdtemp(prefix="bench-search-")
-    cfg = AetherConfig(store=AetherObjectStore(backend="local", root=root))
-    with open_session_sync(config=cfg, graph_id="bench") as ctx:
-        store = ctx.store()
-        writer = ArtifactIndex(store)  # a separate writer: the reader below learns everything from the store
-        now = datetime.now(timezone.utc)
-        # 10k artifacts accumulated over the last 24 hours (plus the newest in the last minute)
-        spread = [now - timedelta(seconds=(N_SEARCH - i) * 86400 / N_SEARCH) for i in range(N_SEARCH)]
 
-        def add(i: int) -> None:
-            sha = f"{i:064x}"
-            art = Artifact(artifact_id=sha, uri=store.uri(f"artifacts/blobs/{sha[:2]}/{sha}"), sha256=sha,
-                           kind=("model", "metrics", "text")[i % 3], bytes=100, created_at=now,
-                           labels={"exp": f"e{i % 50}", "run_id": f"r{i % 100}", "graph_id": "bench", "node_id": "n"},
-                           metrics={"acc": (i * 7919 % 1000) / 1000}, run_id=f"r{i % 100}", graph_id="bench", node_id="n")
-            writer.write(IndexEvent(op="add", artifact_id=sha, record=art, at=spread[i]))
+def _fresh(root: str, graph: str, run: str, artifact_id: str) -> dict[str, Any]:
+    """Run the three queries in a fresh Python process (timed inside it, after imports); its figures."""
+    import json
+    import subprocess
+    import sys
 
-        t = time.perf_counter()
-        with ThreadPoolExecutor(4) as pool:
-            list(pool.map(add, range(N_SEARCH)))
-        write_s = time.perf_counter() - t
+    arg = json.dumps({"root": root, "graph": graph, "run": run, "id": artifact_id})
+    out = subprocess.run([sys.executable, "-c", _FRESH, arg], capture_output=True, text=True, timeout=1800,
+                         cwd=str(common.ROOT), env={**os.environ, "PYTHONPATH": str(common.ROOT)})
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
-        cold = ArtifactIndex(store)  # a fresh process: reads every event, then writes a snapshot
-        t = time.perf_counter()
-        cold.refresh()
-        cold_s = time.perf_counter() - t
-        assert len(cold.records()) == N_SEARCH
-        snapped = ArtifactIndex(store)  # the next fresh process: snapshot + the recent events
-        t = time.perf_counter()
-        snapped.refresh()
-        snap_s = time.perf_counter() - t
-        assert len(snapped.records()) == N_SEARCH
 
-        arts = ctx.artifacts().sync
-        arts.search(view="all", limit=1)  # first query loads the index once per process
-        assert index_for(store) is not None
-        hits = arts.search(view="all", labels={"exp": "e7"})
-        assert len(hits) == N_SEARCH // 50, len(hits)
-        search_s = common.median_s(lambda: arts.search(view="all", labels={"exp": "e7"}), 20)
-        best_s = common.median_s(lambda: arts.best(kind="model", metric="acc", view="all"), 20)
-    rows.append(common.row(f"search(view='all', labels=...) over {N_SEARCH} artifacts (median)", search_s * 1000,
-                           None, "ms"))
-    rows.append(common.row(f"best(kind, metric) over {N_SEARCH} artifacts (median)", best_s * 1000, None, "ms"))
-    rows.append(common.row(f"first load of the index, {N_SEARCH} records, no snapshot yet", cold_s * 1000,
-                           None, "ms"))
-    rows.append(common.row(f"first load of the index, {N_SEARCH} records, from the snapshot", snap_s * 1000,
-                           None, "ms"))
-    rows.append(common.row(f"writing {N_SEARCH} index records, 4 threads (per record)", write_s / N_SEARCH * 1000,
-                           None, "ms"))
+def _filled(n: int) -> tuple[str, list[tuple[str, str]], float]:
+    from fill import fill_artifacts
+
+    from aether_prefect.services.stores.local import LocalStore
+
+    root = tempfile.mkdtemp(prefix=f"bench-scale-{n}-")
+    t = time.perf_counter()
+    scopes = fill_artifacts(LocalStore(root), n, graphs=max(1, n // 10_000), run_size=50, write_blobs=False)
+    return root, scopes, time.perf_counter() - t
+
+
+def bench_scale(rows: list[dict[str, Any]]) -> None:
+    """#21: fresh-process queries on a store of SCALE_N records vs one of 1,000 (local store)."""
+    from fill import artifact_record
+
+    from aether_prefect.services.stores.local import LocalStore
+
+    results = {}
+    for n in (1000, SCALE_N):
+        root, scopes, fill_s = _filled(n)
+        graph, run = scopes[len(scopes) // 2]
+        first = (len(scopes) // 2) * 50
+        aid = artifact_record(LocalStore(root), first + 7, graph, run, "n")[1].artifact_id
+        cold = _fresh(root, graph, run, aid)  # the first reader of these partitions (writes their segments)
+        warm = _fresh(root, graph, run, aid)  # any later fresh process
+        assert cold["run_hits"] == warm["run_hits"] == 50, (cold, warm)
+        results[n] = (cold, warm, fill_s)
+    small, big = results[1000][1], results[SCALE_N][1]
+    cold_big, fill_s = results[SCALE_N][0], results[SCALE_N][2]
+    rows.append(common.row(f"fill {SCALE_N} records (fill.py, local, per record)", fill_s / SCALE_N * 1000, None, "ms"))
+    rows.append(common.row(f"fresh search(view='run'), run of 50, store of {SCALE_N}", big["run_ms"], None, "ms", 50))
+    rows.append(common.row(f"  same, vs a store of 1,000 (ratio target 2)", big["run_ms"], small["run_ms"], "ms", 2))
+    rows.append(common.row(f"  same, first reader of the run (writes its segment)", cold_big["run_ms"], None, "ms"))
+    rows.append(common.row(f"fresh get_by_id, store of {SCALE_N}", big["id_ms"], None, "ms", 10))
+    rows.append(common.row(f"fresh best(view='graph'), graph of 10,000 among {SCALE_N}", big["graph_ms"], None, "ms", 200))
+    rows.append(common.row(f"  same, first reader of the graph (no segments yet)", cold_big["graph_ms"], None, "ms"))
+    rows.append(common.row(f"peak RSS growth of the process over those queries", max(big["rss_growth_mb"], cold_big["rss_growth_mb"]),
+                           None, "MiB", 150))
 
 
 def main() -> None:
     common.start_prefect_server()
     rows: list[dict[str, Any]] = []
+    bench_scale(rows)
     bench_save_text(rows)
-    bench_search(rows)
     bench_save_file(rows)
     common.report("artifacts", rows)
 

@@ -22,6 +22,10 @@ N_RECORD_LOCAL = 1000
 N_RECORD_S3 = 200
 N_FILL_LOCAL = 10_000
 N_FILL_S3 = 1_000
+#: #21: a timeline of this many events, all in one hour (1,000,000 with BENCH_MILLION=1; see fill.py).
+import os as _os
+
+N_SCALE = int(_os.environ.get("BENCH_MEMORY_SCALE_N", "1000000" if _os.environ.get("BENCH_MILLION") else "100000"))
 
 
 async def _throughput(mem: Any, store: Any, n: int, chunk: int = 50) -> tuple[float, float]:
@@ -73,6 +77,29 @@ async def _recent_median(mem: Any, store: Any, n: int) -> tuple[float, float]:
     return await amedian_s(ours, n, warmup=1), await amedian_s(raw, n, warmup=1)
 
 
+async def _scale(rows: list[Any]) -> None:
+    """#21: recent(50) and search on a timeline of N_SCALE events recorded within one hour (local store)."""
+    from fill import fill_memory
+
+    from aether_prefect import open_session
+    from aether_prefect.blocks import AetherConfig, AetherObjectStore
+
+    cfg = AetherConfig(store=AetherObjectStore(backend="local", root=tempfile.mkdtemp(prefix="aether-bench-mem-scale-")),
+                       memory_mirror="off")
+    async with open_session(config=cfg, graph_id="bench-scale", run_id="scale") as ctx:
+        mem, store = ctx.memory(), ctx.store()
+        t = time.perf_counter()
+        fill_memory(store, mem.prefix, N_SCALE, run_id="scale")
+        fill_s = time.perf_counter() - t
+        ours_s, raw_s = await _recent_median(mem, store, 15)
+        search_s = await amedian_s(lambda: mem.search("beta event", limit=10), 5, warmup=1)
+    rows.append(row(f"local: fill {N_SCALE} events in one hour (fill.py, per event)", fill_s / N_SCALE * 1e3, None, "ms"))
+    rows.append(row(f"local: recent(50), {N_SCALE} events in one hour (median)", ours_s * 1e3, None, "ms", 20))
+    rows.append(row(f"  same vs reading those 50 known keys", ours_s * 1e3, raw_s * 1e3, "ms"))
+    rows.append(row(f"local: search('beta event', limit=10), {N_SCALE} events (scans the newest 10,000)",
+                    search_s * 1e3, None, "ms"))
+
+
 async def main() -> None:
     start_prefect_server()
     from aether_prefect import open_session
@@ -91,6 +118,8 @@ async def main() -> None:
         await _fill(mem, N_FILL_LOCAL, 32)
         ours_s, raw_s = await _recent_median(mem, store, 30)
         rows.append(row(f"local: recent(50) after {N_FILL_LOCAL} events (median)", ours_s * 1e3, raw_s * 1e3, "ms"))
+
+    await _scale(rows)
 
     from tests.servers.s3 import ACCESS_KEY, SECRET_KEY, MotoS3
     from pydantic import SecretStr

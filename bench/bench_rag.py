@@ -149,6 +149,16 @@ async def run_size(n_chunks: int, rows: list[dict[str, Any]], root: str) -> None
         filt = await amedian_over(lambda q: ctx.rag.search(cid, q, k=8, mode="lexical", filters={"shard": [1, 2]}), qs)
         rows.append(common.row(f"search lexical+filter {label} chunks, median (ms)", filt * 1000, None, "ms",
                                target=50.0 if n_chunks >= 100_000 else None))
+        # #21: one new document into the corpus, then a search (costs should follow the document, not the corpus)
+        times = []
+        for i in range(3):
+            t = time.perf_counter()
+            await ctx.rag.upsert_docs(cid, [{"text": f"Brand new note {i}: okapi{i} zebra stripes.", "title": f"new-{i}"}])
+            hits = await ctx.rag.search(cid, f"okapi{i} stripes", k=3, mode="hybrid")
+            times.append(time.perf_counter() - t)
+            assert hits and hits[0].meta["title"] == f"new-{i}"
+        rows.append(common.row(f"upsert 1 doc into {label} chunks, then search (median of 3)", float(np.median(times)) * 1000,
+                               None, "ms", target=100.0 if n_chunks >= 100_000 else None))
 
 
 def main() -> None:
