@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from aether_prefect._registration import (
+    MCPService,
+    StdioMCPClient,
+    register_llm_client,
+    register_mcp_client,
+    set_channel_alias,
+    set_default_channel,
+    set_mcp_service,
+    set_rag_index_backend,
+    set_rag_llm_client,
+)
 from aether_prefect.blocks import AetherConfig, AetherLLMProfile, AetherMCPServer, AetherObjectStore
 from aether_prefect.budgets import LLMBudget
 from aether_prefect.config import clear_config_cache
@@ -39,6 +50,7 @@ from aether_prefect.services.kv import PrefectKV
 from aether_prefect.services.llm import LLMService
 from aether_prefect.services.llm._usage import UsageRow, publish_flow_usage, read_flow_usage
 from aether_prefect.services.mcp import MCPClient, MCPResource, MCPTool
+from aether_prefect.services.memory import Event
 from aether_prefect.services.memory import Event as MemoryEvent
 from aether_prefect.services.memory import MemoryService
 from aether_prefect.services.rag import CorpusStats, DocInfo, RAGService, RagHit, UpsertResult
@@ -51,6 +63,16 @@ __version__ = "0.1.0"
 __all__ = [
     "answer",
     "pending_questions",
+    "set_rag_llm_client",
+    "set_rag_index_backend",
+    "set_mcp_service",
+    "set_default_channel",
+    "set_channel_alias",
+    "register_mcp_client",
+    "register_llm_client",
+    "StdioMCPClient",
+    "MCPService",
+    "Event",
     "AetherConfig",
     "AetherError",
     "AetherLLMProfile",

@@ -243,6 +243,9 @@ class NodeContext:
 
         Example: ``await context.channel().send_text("done")``
         """
+        from aether_prefect._registration import channel_key as registered_channel_key
+
+        channel_key = registered_channel_key(channel_key)  # set_channel_alias / set_default_channel
         key = "channel" if channel_key is None else ("channel", channel_key)
         return self._service(key, lambda: _create("channel", self, channel_key), injected=self.overrides.channel)
 
@@ -258,15 +261,18 @@ class NodeContext:
             return ov
         if isinstance(ov, dict) and profile in ov:
             return ov[profile]  # type: ignore[no-any-return]
+        from aether_prefect._registration import registered_llm
         from aether_prefect.config import llm_profile
 
-        return llm_profile(self._config, profile)
+        return registered_llm(profile) or llm_profile(self._config, profile)
 
     def _llm_profiles_in_effect(self) -> list[str]:
         """Every LLM profile name this context resolves, with where an implicit one comes from."""
         from aether_prefect.config import llm_profile
 
-        names = set(self._config.llm) | set(self._llm_keys)
+        from aether_prefect._registration import registered_llm_names
+
+        names = set(self._config.llm) | set(self._llm_keys) | set(registered_llm_names())
         ov = self.overrides.llm
         if isinstance(ov, dict):
             names |= set(ov)
@@ -287,7 +293,19 @@ class NodeContext:
             return ov
         if not isinstance(profile, str) or not profile:
             raise TypeError(f"profile must be a non-empty str, got {profile!r}")
+        if "timeout" in overrides:  # AetherGraph's spelling of timeout_s
+            overrides["timeout_s"] = overrides.pop("timeout")
         prof = self.llm_profile(profile)
+        if prof is None and overrides.get("provider") is not None:
+            # AetherGraph's inline setup: context.llm("p", provider=..., model=..., api_key=...) creates profile "p"
+            # for this context (llm_set_key's scope); the keywords are then its fields, not call-site overrides.
+            from aether_prefect._registration import llm_profile_block
+
+            self._llm_keys[profile] = prof = llm_profile_block(
+                overrides.pop("provider"), overrides.pop("model", None), embed_model=overrides.pop("embed_model", None),
+                base_url=overrides.pop("base_url", None), api_key=overrides.pop("api_key", None),
+                timeout=overrides.pop("timeout_s", None),
+            )
         if prof is None:
             configured = self._llm_profiles_in_effect()
             raise ServiceNotConfigured(
@@ -344,8 +362,10 @@ class NodeContext:
 
         Example: ``sorted(context.mcp_servers())  # ["default", "files"]``
         """
+        from aether_prefect._registration import registered_mcp
+
         ov = self.overrides.mcp
-        servers = dict(self._config.mcp)
+        servers = {**self._config.mcp, **registered_mcp()}
         if isinstance(ov, AetherMCPServer):
             servers["default"] = ov
         elif isinstance(ov, dict):
@@ -372,6 +392,20 @@ class NodeContext:
                 ),
             )
         return self._service(("mcp", name), lambda: _create("mcp", self, name, server))
+
+    def indices(self) -> Any:
+        """AetherGraph 0.1.0a15's name for the retrieval service: the RAG service (``context.rag``).
+
+        Example: ``hits = await context.indices().search(corpus_id, "refunds")``
+        """
+        return self.rag
+
+    def kb(self) -> Any:
+        """AetherGraph 0.1.0a15's knowledge-base accessor: the RAG service (``context.rag``).
+
+        Example: ``answer = await context.kb().answer(corpus_id, "How long do refunds take?")``
+        """
+        return self.rag
 
     def svc(self, name: str) -> Any:
         """The custom service registered as ``name`` (KeyError if none).

@@ -19,6 +19,9 @@ PUBLIC = {
     "MCPClient", "MCPTool", "MCPResource", "ChannelService", "ObjectStore",
     # the channel's answers and inbox
     "ChoiceResult", "PendingQuestion", "pending_questions", "answer",
+    # AetherGraph's names (issue 22): Event, and runtime registration for this process
+    "Event", "register_llm_client", "set_rag_llm_client", "set_rag_index_backend", "set_default_channel",
+    "set_channel_alias", "register_mcp_client", "set_mcp_service", "MCPService", "StdioMCPClient",
     # errors
     "AetherError", "ServiceNotConfigured", "ConfigError", "ValidationError", "StoreError", "IntegrityError",
     "ArtifactNotFound", "KVError", "KVValidationError", "AetherMemoryError", "MemoryValidationError", "LLMError",

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from aether_prefect._sync import async_cm
+from aether_prefect.services.artifacts._compat import ArtifactsCompat
 from aether_prefect.errors import ArtifactNotFound, IntegrityError, ValidationError
 from aether_prefect.services.artifacts._index import ROOT, Artifact
 from aether_prefect.services.artifacts._migrate import legacy_index
@@ -197,7 +198,7 @@ class ArtifactWriter:
 # -- the service -----------------------------------------------------------------------
 
 
-class ArtifactsService(BoundService):
+class ArtifactsService(ArtifactsCompat, BoundService):
     """``context.artifacts()``: save, load, list, search, best and pin artifacts; async (``.sync`` for blocking)."""
 
     def __init__(self, ctx: "NodeContext") -> None:

@@ -58,6 +58,11 @@ class Artifact(BaseModel):
     node_id: str | None = None
     prefect_artifact_id: str | None = None
 
+    @property
+    def id(self) -> str:
+        """AetherGraph's name of ``artifact_id``."""
+        return self.artifact_id
+
 
 class IndexEvent(BaseModel):
     """One immutable index object: an artifact added, pinned, or linked to its Prefect artifact."""

@@ -22,13 +22,14 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from aether_prefect._overrides import MEMORY_LEVELS
 from aether_prefect.errors import AetherMemoryError
 from aether_prefect.services._checks import check_metrics
 from aether_prefect.services.base import BoundService
+from aether_prefect.services.memory._compat import MemoryCompat
 from aether_prefect.services.memory._log import LogWriter, newest_keys, read_many, timeline_prefix, ts_iso
 
 if TYPE_CHECKING:
@@ -65,10 +66,15 @@ class Event(BaseModel):
     data: Any = None
     metrics: dict[str, float] = Field(default_factory=dict)
     severity: int = 2
-    signal: float | None = None
+    signal: float = 0.0  # AetherGraph's default, so f"{e.signal:.2f}" works on every event
     tool: str | None = None
     inputs: list[dict[str, Any]] | None = None
     outputs: list[dict[str, Any]] | None = None
+
+    @field_validator("signal", mode="before")
+    @classmethod
+    def _no_signal_is_zero(cls, v: Any) -> Any:
+        return 0.0 if v is None else v  # events stored before signal defaulted to 0.0 hold null
 
 
 class ToolIO(BaseModel):
@@ -180,7 +186,7 @@ def resolve_timeline(ctx: "NodeContext", level: str | None = None) -> tuple[str,
     return level, ctx.run_id if level == "run" else ctx.graph_id
 
 
-class MemoryService(BoundService):
+class MemoryService(MemoryCompat, BoundService):
     """``context.memory()``: record events and read them back, newest history without scanning it all.
 
     Async methods; ``context.memory().sync.record(...)`` in sync tasks.
@@ -263,7 +269,7 @@ class MemoryService(BoundService):
         event = Event(
             event_id=str(uuid.uuid4()), ts=ts_iso(ts_ns), run_id=ctx.run_id, graph_id=ctx.graph_id,
             node_id=ctx.node_id, session_id=ctx.session_id, kind=kind, stage=stage, text=text, tags=tag_list,
-            data=data, metrics=metric_map, severity=severity, signal=None if signal is None else float(signal),
+            data=data, metrics=metric_map, severity=severity, signal=0.0 if signal is None else float(signal),
             tool=tool, inputs=inputs, outputs=outputs,
         )
         return event, self.writer.key_for(ts_ns, seq, kind), ts_ns

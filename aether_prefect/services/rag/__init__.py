@@ -24,6 +24,7 @@ from aether_prefect.blocks import AetherLLMProfile
 from aether_prefect.errors import RAGError, ServiceNotConfigured
 from aether_prefect.services.rag import _index as ri
 from aether_prefect.services.base import BoundService
+from aether_prefect.services.rag._compat import RAGCompat
 from aether_prefect.services.rag._chunk import chunk_text, read_text_file, title_of
 from aether_prefect.services.stores.base import ObjectNotFound
 
@@ -183,7 +184,7 @@ def _load_index(store: "ObjectStore", corpus_id: str, *, force_check: bool = Fal
 # ---------------------------------------------------------------------------
 
 
-class RAGService(BoundService):
+class RAGService(RAGCompat, BoundService):
     """Corpora of chunked documents with BM25 + dense hybrid search and LLM answers with citations.
 
     ``context.rag.search(...)`` and ``context.rag().search(...)`` both work; ``context.rag.sync``

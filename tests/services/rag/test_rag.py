@@ -203,8 +203,12 @@ def test_bad_input_raises_typed_errors_before_writing(ctx: Any, tmp_path: Path) 
     pdf = tmp_path / "paper.pdf"
     pdf.write_bytes(b"%PDF-1.4")
     good = {"text": "A perfectly fine document about lighthouses.", "title": "Lighthouses"}
-    with pytest.raises(RAGError, match="unsupported file type '.pdf'"):
+    with pytest.raises(RAGError, match="could not read the PDF"):  # PDFs are read (pdf extra); a broken one is refused
         rag.upsert_docs("kb", [good, {"path": str(pdf)}])
+    docx = tmp_path / "paper.docx"
+    docx.write_bytes(b"PK")
+    with pytest.raises(RAGError, match="unsupported file type '.docx'"):
+        rag.upsert_docs("kb", [good, {"path": str(docx)}])
     with pytest.raises(RAGError, match="does not exist"):
         rag.upsert_docs("kb", [good, {"path": str(tmp_path / "missing.md")}])
     with pytest.raises(RAGError, match="exactly one of 'text' or 'path'"):
