@@ -377,3 +377,54 @@ async def test_memory_rag_helpers(local_config: AetherConfig, llm_server) -> Non
         assert (await mem.last_outputs_by_topic(f"rag.answer.{corpus_id}"))["last_outputs"]["answer"] == ans["answer"]
         keyed = await mem.rag_bind(key="notes")
         assert keyed.startswith("mem-") and keyed == await mem.rag_bind(key="notes")
+
+
+# -- the decorators and runners AetherGraph's examples use (aether_prefect.compat) ----------------------------
+
+
+def test_graph_fn_run_async_share_memory_by_run_id() -> None:
+    import asyncio
+
+    from aether_prefect.compat import graph_fn, run, run_async
+
+    @graph_fn(name="write_memory_result_graph")
+    async def write_graph(*, context: NodeContext):
+        evt = await context.memory().write_result(topic="tool.calculator",
+                                                  outputs=[{"name": "result", "kind": "number", "value": 7}])
+        return {"event_id": evt.event_id, "flow_run_id": context.flow_run_id}
+
+    @graph_fn(name="retrieve_last_calculation_result")
+    async def read_graph(*, context: NodeContext):
+        return {"last": await context.memory().last_by_name("result")}
+
+    run_id = f"tutorial_memory_write_result_{os.getpid()}"
+    wrote = asyncio.run(run_async(write_graph, inputs={}, run_id=run_id))
+    assert wrote["flow_run_id"]  # a real Prefect flow run
+    read = run(read_graph, inputs={}, run_id=run_id)
+    assert read["last"]["value"] == 7 and read["last"]["event_id"] == wrote["event_id"]
+    assert run(read_graph, inputs={})["last"] is None  # another run id: another timeline
+
+
+def test_graphify_tools_fan_out_as_prefect_tasks() -> None:
+    from aether_prefect.compat import graphify, run, tool
+
+    @tool(outputs=["result"])
+    async def pick(items: list[int], index: int):
+        return {"result": items[index]}
+
+    @tool(outputs=["out"])
+    async def work(x: int):
+        return {"out": x * 2}
+
+    @tool(outputs=["sum"])
+    async def reduce_sum(xs: list[int]):
+        return {"sum": sum(xs)}
+
+    @graphify(name="map_reduce", inputs=["vals"], outputs=["sum"])
+    def map_reduce(vals):  # type: ignore[no-untyped-def]
+        results = [pick(items=vals, index=i) for i in range(5)]
+        outs = [work(x=r.result) for r in results]
+        total = reduce_sum(xs=[o.out for o in outs])
+        return {"sum": total.sum}
+
+    assert run(map_reduce, inputs={"vals": [1, 2, 3, 4, 5]}, max_concurrency=5) == {"sum": 30}
