@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
@@ -21,12 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 
 from aether_prefect.blocks import AetherLLMProfile
-from aether_prefect.errors import RAGError, ServiceNotConfigured
+from aether_prefect.errors import RAGError, RAGValidationError, ServiceNotConfigured
 from aether_prefect.services.rag import _index as ri
 from aether_prefect.services.base import BoundService
 from aether_prefect.services.rag._compat import RAGCompat
 from aether_prefect.services.rag._chunk import chunk_text, read_text_file, title_of
 from aether_prefect.services.stores.base import ObjectNotFound
+
+_log = logging.getLogger("aether_prefect.rag")
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext
@@ -385,10 +388,11 @@ class RAGService(RAGCompat, BoundService):
                 want = set(ids)
                 keys = [k for k, r in idx.records.items() if r.doc_id in want]
                 found = {idx.records[k].doc_id for k in keys}
-                for k in keys:
-                    store.delete(k)
                 if keys:
-                    idx.apply({}, keys)
+                    baseline = set() if idx.commits else set(idx.records)
+                    ri.write_commit(store, corpus_id, baseline, keys)  # the commit point
+                    for k in keys:
+                        store.delete(k)
                     ri.bump_version(store, corpus_id)
                     idx.sync_from_store(store)
             return {"deleted": len(found), "missing": [d for d in ids if d not in found]}
@@ -428,32 +432,77 @@ class RAGService(RAGCompat, BoundService):
                 "embed_model='text-embedding-3-small')})), or search with mode='lexical'",
             )
         qvec = (await self._embed(llm, [query]))[0] if llm is not None else None
+        embedded_now = 0
+        if llm is not None:
+            embedded_now = await self._embed_missing(corpus_id, idx, llm)
 
         def _run() -> list[RagHit]:
-            b = idx.built()
-            mask = ri.label_mask(b, filters)
+            segs = idx.segments()  # the base snapshot and, after recent changes, a small delta (#21)
+            masks = []
+            for b, alive in segs:
+                m = ri.label_mask(b, filters)
+                masks.append(alive if m is None else (m if alive is None else (m & alive)))
+
+            def each(fn: Any) -> list[tuple[Any, float]]:
+                """Run ``fn(b, mask)`` per snapshot; ids become (snapshot, chunk)."""
+                return [((si, i), sc) for si, (b, _) in enumerate(segs) for i, sc in fn(b, masks[si])]
+
+            has_vectors = any(b.vectors is not None for b, _ in segs)
             fallback: str | None = None
             if mode == "lexical":
-                ranked = ri.search_lexical(b, query, k, mask)
+                ranked = ri.merge_top([each(lambda b, m: ri.search_lexical(b, query, k, m))], k)
             elif mode == "dense":
-                if b.vectors is None and b.n_chunks:
+                if not has_vectors and any(b.n_chunks for b, _ in segs):
                     raise RAGError(
                         f"corpus {corpus_id!r} has no embeddings (its documents were upserted without an embed_model); "
                         "upsert them again now that one is configured, or search with mode='lexical'"
                     )
-                ranked = ri.search_dense(b, qvec or [], k, mask)
+                ranked = ri.merge_top([each(lambda b, m: ri.search_dense(b, qvec or [], k, m))], k)
             else:
                 wide = max(k * 4, 50)
-                lex = ri.search_lexical(b, query, wide, mask)
-                if qvec is None or b.vectors is None:
+                lex = ri.merge_top([each(lambda b, m: ri.search_lexical(b, query, wide, m))], wide)
+                if qvec is None or not has_vectors:
                     fallback = "lexical: no embedding model configured" if qvec is None else "lexical: corpus has no embeddings"
                     ranked = lex[:k]
                 else:
-                    ranked = ri.rrf([lex, ri.search_dense(b, qvec, wide, mask)], k)
+                    dense = ri.merge_top([each(lambda b, m: ri.search_dense(b, qvec, wide, m))], wide)
+                    ranked = ri.rrf([lex, dense], k)
             used = mode if fallback is None else "lexical"
-            return [_hit(b, corpus_id, i, s, used, fallback) for i, s in ranked]
+            hits = [_hit(segs[si][0], corpus_id, i, sc, used, fallback) for (si, i), sc in ranked]
+            if embedded_now:
+                for h in hits:
+                    h.meta["embedded_on_search"] = embedded_now
+            return hits
 
         return await anyio.to_thread.run_sync(_run)
+
+    async def _embed_missing(self, corpus_id: str, idx: ri.CorpusIndex, llm: Any) -> int:
+        """Embed the chunks of documents stored without embeddings (upserted before an embed_model was
+        configured) and store them as new revisions; returns the number of chunks embedded (logged)."""
+        with idx.lock:
+            active = idx.active()
+            missing = [(key, idx.records[key]) for key in sorted(active.values()) if not idx.records[key].vectors_b64]
+        missing = [(k, r) for k, r in missing if r.chunks]
+        if not missing:
+            return 0
+        store = self._store()
+        settings = await anyio.to_thread.run_sync(lambda: ri.read_settings(store, corpus_id))
+        embed_model = _embed_model_name(self.ctx, llm)
+        vecs = await self._embed(llm, [t for _, r in missing for t in r.chunks])
+        new: list[_Prepared] = []
+        pos = 0
+        for key, rec in missing:
+            chunk_vecs = vecs[pos : pos + len(rec.chunks)]
+            pos += len(rec.chunks)
+            upd = rec.model_copy(update={
+                "embed_model": embed_model, "dim": len(chunk_vecs[0]), "updated_at": max(time.time(), rec.updated_at + 1e-6),
+                "vectors_b64": ri.DocRecord.encode_vectors(chunk_vecs),
+            })
+            new.append(_Prepared(key=_revision_key(corpus_id, upd, settings, embed_model), src=key.rsplit("/", 2)[-2], record=upd))
+        await anyio.to_thread.run_sync(lambda: _write(store, idx, new))
+        _log.info("RAG corpus %r: embedded %d chunks of %d documents stored without embeddings (model %s)",
+                  corpus_id, pos, len(missing), embed_model)
+        return pos
 
     async def answer(
         self,
@@ -530,10 +579,25 @@ def _sha(*parts: str) -> str:
 
 
 def _prepare_all(corpus_id: str, docs: list[Any], settings: ri.CorpusSettings, embed_model: str | None) -> list[_Prepared]:
-    """Validate, read and chunk every doc (no writes); duplicates within the call collapse to one."""
+    """Validate, read and chunk every doc (no writes); the very same doc twice collapses to one.
+
+    Two different docs with one identity (``source``, else path, else title) would replace each other:
+    that is a RAGValidationError naming it, raised before anything is written.
+    """
     out: dict[str, _Prepared] = {}
+    first_of_src: dict[str, tuple[int, _Prepared]] = {}
     for i, raw in enumerate(docs):
         p = _prepare(corpus_id, i, raw, settings, embed_model)
+        seen = first_of_src.get(p.src)
+        if seen is not None and seen[1].key != p.key:
+            j, other = seen
+            raise RAGValidationError(
+                f"docs #{j} and #{i} have the same identity (title {p.record.title!r}, source {p.record.source!r}) "
+                "but different content, so one would silently replace the other; nothing was written. "
+                "Give each a distinct 'title' or 'source', or upsert them in separate calls if the later one "
+                "is meant to replace the earlier"
+            )
+        first_of_src.setdefault(p.src, (i, p))
         out.setdefault(p.key, p)
     return list(out.values())
 
@@ -567,10 +631,6 @@ def _prepare(corpus_id: str, i: int, raw: Any, settings: ri.CorpusSettings, embe
     doc_id = _sha(title, text)[:24]
     source = source or doc_id
     chunks = chunk_text(text, settings.chunk_size, settings.chunk_overlap)
-    labels_json = json.dumps(doc.labels, sort_keys=True)
-    meta_json = json.dumps(doc.meta, sort_keys=True)
-    rev = _sha(doc_id, source, labels_json, meta_json, str(settings.chunk_size), str(settings.chunk_overlap),
-               embed_model or "")[:24]
     src = _sha(source)[:24]
     record = ri.DocRecord(
         doc_id=doc_id, corpus_id=corpus_id, title=title, source=source, labels=doc.labels, meta=doc.meta,
@@ -578,7 +638,15 @@ def _prepare(corpus_id: str, i: int, raw: Any, settings: ri.CorpusSettings, embe
     )
     if embed_model:
         record.embed_model = embed_model
-    return _Prepared(key=ri.doc_key(corpus_id, src, rev), src=src, record=record)
+    return _Prepared(key=_revision_key(corpus_id, record, settings, embed_model), src=src, record=record)
+
+
+def _revision_key(corpus_id: str, record: ri.DocRecord, settings: ri.CorpusSettings | None, embed_model: str | None) -> str:
+    """Object key of a document revision: its source's folder, named by content, labels, chunking and model."""
+    size, overlap = (settings.chunk_size, settings.chunk_overlap) if settings else (0, 0)
+    rev = _sha(record.doc_id, record.source, json.dumps(record.labels, sort_keys=True), json.dumps(record.meta, sort_keys=True),
+               str(size), str(overlap), embed_model or "")[:24]
+    return ri.doc_key(corpus_id, _sha(record.source)[:24], rev)
 
 
 def _write(store: "ObjectStore", idx: ri.CorpusIndex, new: list[_Prepared]) -> int:
@@ -589,7 +657,7 @@ def _write(store: "ObjectStore", idx: ri.CorpusIndex, new: list[_Prepared]) -> i
     stale: list[str] = []
     for p in new:
         store.put_bytes(p.key, ri.dumps_record(p.record), content_type="application/json")
-    for p in new:
+    for p in new:  # the revisions these replace (read before the commit, deleted after it)
         for old in store.list_keys(f"{ri.docs_prefix(idx.corpus_id)}{p.src}/"):
             if old == p.key:
                 continue
@@ -601,11 +669,15 @@ def _write(store: "ObjectStore", idx: ri.CorpusIndex, new: list[_Prepared]) -> i
             # Only delete older revisions: two processes replacing the same document at once
             # must not delete each other's; readers pick the newest of any leftovers.
             if (rec.updated_at, old) < (p.record.updated_at, p.key):
-                store.delete(old)
                 stale.append(old)
-                replaced_srcs.add(p.src)
+                if old in idx.records:
+                    replaced_srcs.add(p.src)
     with idx.lock:
-        idx.apply({p.key: p.record for p in new}, stale)
+        # A corpus's first commit also lists what it held before commits existed (nothing is lost).
+        baseline = set() if idx.commits else set(idx.records)
+        ri.write_commit(store, idx.corpus_id, baseline | {p.key for p in new}, stale)  # the commit point
+        for old in stale:
+            store.delete(old)
         ri.bump_version(store, idx.corpus_id)
         idx.sync_from_store(store)
     return len(replaced_srcs)

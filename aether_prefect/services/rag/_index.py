@@ -5,11 +5,19 @@ concurrent upserts from several processes never lose each other's documents):
 
 - ``rag/corpora/<corpus_id>.json``                   corpus settings, created once (put_if_absent)
 - ``rag/data/<corpus_id>/docs/<src>/<rev>.json``     one immutable record per document revision
+- ``rag/data/<corpus_id>/commits/<time_ns>-<uuid>.json``  one immutable commit per change: the
+  revisions it adds and removes
 - ``rag/data/<corpus_id>/version``                   a random token rewritten after every change
 
 ``src`` hashes the document's source (its path, ``source`` or title), ``rev`` its content,
-labels and chunking, so a changed document replaces its earlier revision. Readers cache the
-index per process and reload only new or removed records when the version token changes.
+labels and chunking, so a changed document replaces its earlier revision.
+
+The commit is the commit point (#17.7): a writer puts its revisions, then the commit, then deletes
+the revisions it replaced. Every reader, warm or fresh, sees exactly the revisions added and not
+removed by the commits it lists (replayed in key order), so a writer that dies at any point leaves
+every process with the same view (revisions without a commit are invisible to all). A corpus
+written before commits existed is read by listing its revisions until its first commit, which
+lists them all. Readers cache the index per process and fetch only new commits and records.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 
 BM25_K1 = 1.2
 BM25_B = 0.75
+#: Chunks a delta snapshot may hold before the next search rebuilds the base (or a tenth of the base).
+DELTA_MIN = 5000
 
 
 class CorpusSettings(BaseModel):
@@ -126,6 +136,18 @@ def list_corpus_ids(store: ObjectStore) -> list[str]:
     return out
 
 
+def commits_prefix(corpus_id: str) -> str:
+    return f"rag/data/{corpus_id}/commits/"
+
+
+def write_commit(store: ObjectStore, corpus_id: str, add: Iterable[str], remove: Iterable[str]) -> str:
+    """Publish a change (the commit point of an upsert or delete); returns the commit's key."""
+    key = f"{commits_prefix(corpus_id)}{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.json"
+    body = json.dumps({"add": sorted(add), "remove": sorted(remove)}, separators=(",", ":")).encode()
+    store.put_bytes(key, body, content_type="application/json")
+    return key
+
+
 def read_version(store: ObjectStore, corpus_id: str) -> str:
     try:
         return store.get_bytes(version_key(corpus_id)).decode()
@@ -159,6 +181,8 @@ class Built:
     vocab: dict[str, int]
     vectors: np.ndarray | None  # (chunks x dim) float32, unit rows; zero rows where missing
     has_vec: np.ndarray | None  # bool per chunk
+    df: np.ndarray | None = None  # chunks per term id (int64), for the BM25 statistics of a later delta
+    avgdl: float = 1.0  # mean tokens per chunk
 
     @property
     def n_chunks(self) -> int:
@@ -188,6 +212,8 @@ class CorpusIndex:
     _vocab: dict[str, int] = field(default_factory=dict)
     _built: Built | None = None
     _stale: Built | None = None  # the previous snapshot, whose vectors are reused by the next build
+    _segs: list[tuple[Built, np.ndarray | None]] | None = None  # the base (+ alive mask) and a delta, if any
+    commits: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # commit key -> its adds/removes
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- record bookkeeping ---------------------------------------------------
@@ -211,9 +237,7 @@ class CorpusIndex:
             for key, rec in added.items():
                 self.records[key] = rec
                 self._terms[key] = self._doc_terms(rec.chunks)
-            if self._built is not None:
-                self._stale = self._built
-            self._built = None
+            self._segs = None  # the base snapshot stays: the next search adds a delta over it (#21)
 
     def _doc_terms(self, chunks: list[str]) -> _DocTerms:
         vocab = self._vocab
@@ -229,12 +253,31 @@ class CorpusIndex:
             dl[i] = sum(counts.values())
         return _DocTerms(np.asarray(tids, np.int32), np.asarray(tfs, np.float32), lens, dl)
 
+    def committed(self) -> set[str]:
+        """Revisions added and not removed by the known commits, replayed in key order."""
+        live: set[str] = set()
+        for key in sorted(self.commits):
+            live |= set(self.commits[key].get("add", ()))
+            live -= set(self.commits[key].get("remove", ()))
+        return live
+
     def sync_from_store(self, store: ObjectStore) -> None:
-        """Load records added by any process since the last sync and drop deleted ones."""
+        """Load records committed by any process since the last sync and drop removed ones."""
         with self.lock:
             version = read_version(store, self.corpus_id)
-            keys = set(store.list_keys(docs_prefix(self.corpus_id)))
-            keys = {k for k in keys if k.endswith(".json")}
+            for ckey in sorted(set(store.list_keys(commits_prefix(self.corpus_id))) - set(self.commits)):
+                if not ckey.endswith(".json"):
+                    continue
+                try:
+                    raw = json.loads(store.get_bytes(ckey))
+                except (ObjectNotFound, ValueError):
+                    continue
+                if isinstance(raw, dict):
+                    self.commits[ckey] = {"add": list(raw.get("add", [])), "remove": list(raw.get("remove", []))}
+            if self.commits:
+                keys = self.committed()
+            else:  # a corpus written before commits existed: its listed revisions are its content
+                keys = {k for k in store.list_keys(docs_prefix(self.corpus_id)) if k.endswith(".json")}
             added: dict[str, DocRecord] = {}
             for key in sorted(keys - set(self.records)):
                 try:
@@ -248,11 +291,15 @@ class CorpusIndex:
             self.checked_at = time.monotonic()
 
     def refresh_if_changed(self, store: ObjectStore, interval_s: float) -> None:
-        """Reload when another process changed the corpus (checked at most every ``interval_s``)."""
+        """Reload when another process changed the corpus (checked at most every ``interval_s``).
+
+        The check lists the commits (not only the version token, which a writer that died after its
+        commit never rewrote)."""
         if self.version is not None and time.monotonic() - self.checked_at < interval_s:
             return
         with self.lock:
-            if read_version(store, self.corpus_id) != self.version:
+            commits = {k for k in store.list_keys(commits_prefix(self.corpus_id)) if k.endswith(".json")}
+            if read_version(store, self.corpus_id) != self.version or commits - set(self.commits):
                 self.sync_from_store(store)
             else:
                 self.checked_at = time.monotonic()
@@ -260,18 +307,57 @@ class CorpusIndex:
     # -- search arrays ----------------------------------------------------------
 
     def built(self) -> Built:
-        """The current search snapshot, building it if records changed."""
-        b = self._built
-        if b is not None:
-            return b
+        """One search snapshot of every current record (a full build if a delta is pending)."""
+        segs = self.segments()
+        if len(segs) == 1 and segs[0][1] is None:
+            return segs[0][0]
         with self.lock:
-            if self._built is None:
-                self._built = self._build()
-                self._stale = None
-            return self._built
+            self._full_build()
+            return self._built  # type: ignore[return-value]
 
-    def _build(self) -> Built:
-        keys = sorted(self.active().values())
+    def segments(self) -> list[tuple[Built, np.ndarray | None]]:
+        """What a search scores: the base snapshot (with a mask of its chunks still current, or None) and,
+        when documents changed since it was built, a small delta snapshot of just those documents.
+
+        Costs follow the change, not the corpus (#21): the base is rebuilt only once the delta holds more
+        than ``max(DELTA_MIN, base / 10)`` chunks. The delta's BM25 weights use the base's statistics plus
+        its own; the base keeps the statistics of when it was built (close while the delta is small).
+        """
+        segs = self._segs
+        if segs is not None:
+            return segs
+        with self.lock:
+            if self._segs is not None:
+                return self._segs
+            base = self._built
+            if base is None:
+                self._full_build()
+                return self._segs  # type: ignore[return-value]
+            active = set(self.active().values())
+            base_keys = set(base.keys)
+            delta_keys = sorted(active - base_keys)
+            dead = base_keys - active
+            delta_chunks = sum(len(self.records[k].chunks) for k in delta_keys)
+            if delta_chunks > max(DELTA_MIN, base.n_chunks // 10) or (base.n_chunks and len(dead) * 2 > len(base.keys)):
+                self._full_build()
+                return self._segs  # type: ignore[return-value]
+            alive = None
+            if dead:
+                doc_alive = np.fromiter((k not in dead for k in base.keys), dtype=bool, count=len(base.keys))
+                alive = doc_alive[base.chunk_doc]
+            new_segs: list[tuple[Built, np.ndarray | None]] = [(base, alive)]
+            if delta_keys:
+                new_segs.append((self._build(delta_keys, stats_from=base), None))
+            self._segs = new_segs
+            return new_segs
+
+    def _full_build(self) -> None:
+        self._stale = self._built
+        self._built = self._build(sorted(self.active().values()))
+        self._stale = None
+        self._segs = [(self._built, None)]
+
+    def _build(self, keys: list[str], *, stats_from: Built | None = None) -> Built:
         recs = [self.records[k] for k in keys]
         terms_of = [self._terms[k] for k in keys]
         sizes = np.fromiter((len(r.chunks) for r in recs), dtype=np.int64, count=len(recs))
@@ -290,17 +376,26 @@ class CorpusIndex:
             terms, tf, chunk_of = terms[order], tf[order], chunk_of[order]
             df = np.bincount(terms, minlength=vsize)
             indptr = np.concatenate([[0], np.cumsum(df)]).astype(np.int64)
-            idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
-            avgdl = float(dl.mean()) or 1.0
+            if stats_from is not None and stats_from.df is not None:  # a delta: the corpus's statistics
+                total_df = df.copy()
+                total_df[: stats_from.df.shape[0]] += stats_from.df
+                total_n = n + stats_from.n_chunks
+                idf = np.log1p((total_n - total_df + 0.5) / (total_df + 0.5)).astype(np.float32)
+                avgdl = stats_from.avgdl
+            else:
+                idf = np.log1p((n - df + 0.5) / (df + 0.5)).astype(np.float32)
+                avgdl = float(dl.mean()) or 1.0
             norm = BM25_K1 * (1.0 - BM25_B + BM25_B * dl[chunk_of] / avgdl)
             w = (idf[terms] * tf * (BM25_K1 + 1.0) / (tf + norm)).astype(np.float32)
         else:
             indptr = np.zeros(vsize + 1, np.int64)
             chunk_of = np.zeros(0, np.int32)
             w = np.zeros(0, np.float32)
-        vectors, has_vec = _build_vectors(keys, recs, doc_rows, self._stale)
+            df = np.zeros(vsize, np.int64)
+            avgdl = stats_from.avgdl if stats_from is not None else 1.0
+        vectors, has_vec = _build_vectors(keys, recs, doc_rows, self._stale if stats_from is None else None)
         return Built(keys, recs, doc_rows, chunk_doc, chunk_pos, indptr, chunk_of.astype(np.int32), w,
-                     dict(self._vocab), vectors, has_vec)
+                     dict(self._vocab), vectors, has_vec, df.astype(np.int64), avgdl)
 
 
 def _build_vectors(
@@ -413,9 +508,14 @@ def search_dense(b: Built, qvec: list[float], k: int, mask: np.ndarray | None) -
     return top_k(scores, k, valid)
 
 
-def rrf(rankings: list[list[tuple[int, float]]], k: int, c: int = 60) -> list[tuple[int, float]]:
+def merge_top(rankings: list[list[tuple[Any, float]]], k: int) -> list[tuple[Any, float]]:
+    """The ``k`` best of several rankings of comparable scores, best first (ties by id)."""
+    return sorted((pair for r in rankings for pair in r), key=lambda p: (-p[1], p[0]))[:k]
+
+
+def rrf(rankings: list[list[tuple[Any, float]]], k: int, c: int = 60) -> list[tuple[Any, float]]:
     """Reciprocal rank fusion of several rankings: score = sum 1/(c + rank)."""
-    fused: dict[int, float] = {}
+    fused: dict[Any, float] = {}
     for ranking in rankings:
         for rank, (i, _) in enumerate(ranking, start=1):
             fused[i] = fused.get(i, 0.0) + 1.0 / (c + rank)

@@ -318,16 +318,45 @@ def test_dense_and_hybrid_search(dense_config: AetherConfig, llm_server: Any) ->
         assert len(llm_server.requests_to("embeddings")) == n
 
 
-def test_lexical_corpus_then_dense_asks_for_reupsert(local_config: AetherConfig, dense_config: AetherConfig) -> None:
+def test_corpus_without_embeddings_is_embedded_on_first_dense_use(
+    local_config: AetherConfig, dense_config: AetherConfig, llm_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """#17.8: upserted with no embedder, searched later with one: the missing chunks are embedded once."""
+    import logging
+
     cfg = AetherConfig(llm=dense_config.llm, store=local_config.store)
     with open_session_sync(config=local_config) as c:
         c.rag.sync.upsert_docs("kb", corpus_docs()[:3])
+        chunks = c.rag.sync.stats("kb").chunks
     with open_session_sync(config=cfg) as c:
-        with pytest.raises(RAGError, match="no embeddings"):
-            c.rag.sync.search("kb", "bees", mode="dense")
-        assert c.rag.sync.search("kb", "chess", mode="hybrid")[0].meta["fallback"].startswith("lexical")
-        assert c.rag.sync.upsert_docs("kb", corpus_docs()[:3]).replaced == 3  # now with vectors
-        assert c.rag.sync.search("kb", "chess openings", mode="dense")
+        with caplog.at_level(logging.INFO, logger="aether_prefect.rag"):
+            hits = c.rag.sync.search("kb", "chess openings", mode="hybrid")
+        assert hits and all("fallback" not in h.meta and h.meta["mode"] == "hybrid" for h in hits)
+        assert all(h.meta["embedded_on_search"] == chunks for h in hits)
+        assert f"embedded {chunks} chunks of 3 documents" in caplog.text
+        assert c.rag.sync.stats("kb").vectors == chunks
+        dense = c.rag.sync.search("kb", "chess openings", mode="dense")
+        assert dense and "embedded_on_search" not in dense[0].meta
+        n = len(llm_server.requests_to("embeddings"))
+        assert c.rag.sync.upsert_docs("kb", corpus_docs()[:3]).unchanged == 3  # stored with vectors now
+    rag_mod.clear_cache()
+    with open_session_sync(config=cfg) as c:  # a fresh process embeds nothing again
+        assert "embedded_on_search" not in c.rag.sync.search("kb", "bees", mode="dense")[0].meta
+    assert len(llm_server.requests_to("embeddings")) == n + 1  # only the query
+
+
+def test_two_docs_that_would_replace_each_other_are_refused(ctx: Any) -> None:
+    """#17.6: one call, one identity, two contents: a typed error naming the title, nothing written."""
+    from aether_prefect.errors import RAGValidationError
+
+    rag = ctx.rag.sync
+    with pytest.raises(RAGValidationError, match="'Notes'"):
+        rag.upsert_docs("c", [{"text": "a", "title": "Notes"}, {"text": "b", "title": "Notes"}])
+    assert rag.list_docs("c") == []
+    same = rag.upsert_docs("c", [{"text": "a", "title": "Notes"}, {"text": "a", "title": "Notes"}])
+    assert len(set(same.doc_ids)) == 1 and len(rag.list_docs("c")) == 1  # the very same doc twice is one doc
+    two = rag.upsert_docs("c", [{"text": "b", "title": "Notes", "source": "n2"}, {"text": "c", "title": "Other"}])
+    assert two.added == 2 and len(rag.list_docs("c")) == 3
 
 
 def test_answer_with_citations(dense_config: AetherConfig, llm_server: Any) -> None:
@@ -401,8 +430,90 @@ def test_replacing_never_deletes_a_newer_concurrent_revision(ctx: Any) -> None:
                          chunks=["Tardigrades are also called water bears."], updated_at=time.time() + 100)
     key_other = key_v1.rsplit("/", 1)[0] + "/" + "0" * 24 + ".json"
     store.put_bytes(key_other, ri.dumps_record(newer))
+    ri.write_commit(store, "kb", [key_other], [])  # ... and committed it
     res = rag.upsert_docs("kb", [{**doc, "text": "Tardigrades survive boiling and freezing."}])
     assert res.replaced == 1 and res.doc_ids != first.doc_ids  # v1 (older) went away
     assert store.exists(key_other) and not store.exists(key_v1)
     assert [d.doc_id for d in rag.list_docs("kb")] == ["f" * 24]  # readers see the newest revision only
     assert rag.search("kb", "water bears", k=1, mode="lexical")[0].doc_id == "f" * 24
+
+
+@pytest.mark.parametrize("crash", ["before-commit", "after-commit-before-cleanup", "before-version-bump"])
+def test_a_writer_crash_at_any_point_leaves_every_process_one_view(
+    local_config: AetherConfig, monkeypatch: pytest.MonkeyPatch, crash: str
+) -> None:
+    """#17.7: a warm cache (another process's) and a fresh process see the same documents after a crash."""
+    from aether_prefect.services.rag import _index as ri
+
+    class Crash(BaseException):
+        pass
+
+    def boom(*_: Any, **__: Any) -> None:
+        raise Crash(crash)
+
+    with open_session_sync(config=local_config) as c:
+        rag = c.rag.sync
+        store = c.store()
+        rag.upsert_docs("kb", [{"text": "Okapis live in forests.", "title": "Okapi"}, {"text": "Quokkas smile.", "title": "Quokka"}])
+        settings = ri.read_settings(store, "kb")
+        warm = ri.CorpusIndex("kb", settings)  # type: ignore[arg-type]
+        warm.sync_from_store(store)
+        if crash == "before-commit":
+            monkeypatch.setattr(ri, "write_commit", boom)
+        elif crash == "after-commit-before-cleanup":
+            monkeypatch.setattr(store, "delete", boom)
+        else:
+            monkeypatch.setattr(ri, "bump_version", boom)
+        with pytest.raises(Crash):
+            rag.upsert_docs("kb", [{"text": "Okapis are related to giraffes.", "title": "Okapi"},
+                                   {"text": "Aye-ayes tap on wood.", "title": "Aye-aye"}])
+        monkeypatch.undo()
+        warm.refresh_if_changed(store, 0.0)
+        fresh = ri.CorpusIndex("kb", settings)  # type: ignore[arg-type]
+        fresh.sync_from_store(store)
+
+        def view(idx: ri.CorpusIndex) -> list[str]:
+            return sorted(idx.records[k].chunks[0] for k in idx.active().values())
+
+        assert view(warm) == view(fresh)
+        if crash == "before-commit":
+            assert view(fresh) == ["Okapis live in forests.", "Quokkas smile."]
+        else:
+            assert view(fresh) == ["Aye-ayes tap on wood.", "Okapis are related to giraffes.", "Quokkas smile."]
+        rag_mod.clear_cache()
+        titles = sorted(d.title for d in rag.list_docs("kb"))
+        assert titles == (["Okapi", "Quokka"] if crash == "before-commit" else ["Aye-aye", "Okapi", "Quokka"])
+
+
+def test_a_small_change_adds_a_delta_instead_of_rebuilding() -> None:
+    """#21: after one upsert into a built corpus, search scores a small delta over the base snapshot
+    (costs follow the document), finds the new doc, never the replaced one, and agrees with a full build."""
+    import time
+
+    from aether_prefect.services.rag import _index as ri
+
+    idx = ri.CorpusIndex("c", ri.CorpusSettings(corpus_id="c"))
+
+    def rec(d: int, text: str) -> ri.DocRecord:
+        return ri.DocRecord(doc_id=f"d{d}", corpus_id="c", title=f"t{d}", source=f"s{d}", chunks=[text, f"filler {d}"],
+                            updated_at=time.time())
+
+    idx.apply({f"rag/data/c/docs/s{d}/r.json": rec(d, f"common words document number {d}") for d in range(50)}, [])
+    base = idx.segments()[0][0]
+    assert base.n_chunks == 100
+    idx.apply({"rag/data/c/docs/s99/r.json": rec(99, "okapi zebra stripes")}, ["rag/data/c/docs/s7/r.json"])
+    segs = idx.segments()
+    assert segs[0][0] is base and len(segs) == 2 and segs[1][0].n_chunks == 2  # no rebuild of the base
+    assert segs[0][1] is not None and not segs[0][1][base.keys.index("rag/data/c/docs/s7/r.json") * 2]
+
+    def found(query: str) -> list[str]:
+        out = []
+        for b, alive in idx.segments():
+            out += [b.recs[int(b.chunk_doc[i])].doc_id for i, _ in ri.search_lexical(b, query, 5, alive)]
+        return out
+
+    assert found("okapi stripes") == ["d99"]
+    assert "d7" not in found("number 7") and "d8" in found("number 8")
+    full = idx.built()  # a full build folds the delta in
+    assert idx.segments() == [(full, None)] and full.n_chunks == 100
+    assert [full.recs[int(full.chunk_doc[i])].doc_id for i, _ in ri.search_lexical(full, "okapi stripes", 5, None)] == ["d99"]
