@@ -25,14 +25,11 @@ from aether_prefect.session import context_for, make_context
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
 
-if TYPE_CHECKING:  # only for the typed overloads of aether_task: Prefect's own keyword types
-    from prefect import Task
-    from prefect.assets import Asset
-    from prefect.cache_policies import CachePolicy
-    from prefect.context import TaskRunContext
-    from prefect.results import ResultSerializer, ResultStorage
-    from prefect.tasks import RetryConditionCallable, StateHookCallable, TaskRunNameValueOrCallable
-    from prefect.utilities.annotations import NotSet
+if TYPE_CHECKING:  # only for the typed overloads of aether_task: Prefect's own keyword types, through the door
+    from aether_prefect._prefect._task_types import (
+        Asset, CachePolicy, NotSet, ResultSerializer, ResultStorage, RetryConditionCallable, StateHookCallable, Task,
+        TaskRunContext, TaskRunNameValueOrCallable,
+    )
 
 _HOW = (
     "add a keyword-only parameter named 'context' (or annotated NodeContext) without a default, e.g. "
