@@ -20,6 +20,8 @@ import pytest
 
 from aether_prefect import AetherConfig, open_session
 
+pytestmark = pytest.mark.slow  # multi-process: newest Prefect only in CI (Makefile)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -18,6 +18,8 @@ import pytest
 
 from scale import cluster
 
+pytestmark = pytest.mark.slow  # multi-process: newest Prefect only in CI (Makefile)
+
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ["load", "kill", "s3", "server"]
 

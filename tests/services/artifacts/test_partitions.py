@@ -126,6 +126,7 @@ def _writer_proc(root: str, n: int, tag: int) -> None:
         index.write_add(_rec(tag * 1000 + i, "g", "shared"))
 
 
+@pytest.mark.slow
 def test_concurrent_writers_in_many_processes_lose_nothing(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("fork")  # modules already imported: quick to start
     procs = [ctx.Process(target=_writer_proc, args=(str(tmp_path), 25, t)) for t in range(4)]

@@ -18,7 +18,7 @@ import pytest
 from tests.servers.prefect_server import PrefectServer, free_port
 from tests.services.channel._browser import Chromium, chromium_path
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]
 PROMPT = "Which region gets build 7f3?"
 

@@ -20,7 +20,7 @@ from aether_prefect import NodeContext, aether_task, answer, pending_questions
 from aether_prefect.errors import ChannelError
 from tests.services.channel._helpers import wait_for
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[3]
 
 FLOW_FILE = '''

@@ -11,7 +11,7 @@ from prefect import flow
 from aether_prefect import NodeContext, aether_task, answer, pending_questions
 from tests.services.channel._helpers import Background, wait_for
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.timeout(600), pytest.mark.slow]
 
 
 @aether_task

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import os
 import signal
@@ -15,6 +17,8 @@ from prefect import flow
 from aether_prefect import NodeContext, aether_task
 from aether_prefect.blocks import AetherConfig
 from tests.servers.openai_server import FakeOpenAI
+
+pytestmark = pytest.mark.slow  # multi-process: newest Prefect only in CI (Makefile)
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -418,6 +418,7 @@ def _stopped(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_stalled_holder_never_writes_after_its_lease(local_config: AetherConfig, tmp_path: Path) -> None:
     """4 processes x 50 incr with a 2 s lease; one is SIGSTOPped twice while holding the lock, for 3 leases."""
     (tmp_path / "store").mkdir(exist_ok=True)

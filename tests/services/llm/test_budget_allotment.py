@@ -23,6 +23,8 @@ from aether_prefect.services.kv import PrefectKV
 from aether_prefect.session import open_session, open_session_sync
 from tests.servers.openai_server import FakeOpenAI, Reply
 
+pytestmark = pytest.mark.slow  # multi-process: newest Prefect only in CI (Makefile)
+
 ROOT = Path(__file__).resolve().parents[3]
 
 CHILD = textwrap.dedent(

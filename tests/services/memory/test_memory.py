@@ -316,6 +316,7 @@ def _check_graph_timeline(block: AetherObjectStore, procs: list[subprocess.Popen
         assert [e.data["i"] for e in events if e.data["pid"] == pid] == list(range(n))
 
 
+@pytest.mark.slow
 def test_graph_level_across_processes_local(local_config: AetherConfig) -> None:
     """Two flow runs in two processes write the same graph timeline at once; a third process reads both."""
     flow_name = f"mem-xproc-{uuid.uuid4().hex[:8]}"
@@ -323,6 +324,7 @@ def test_graph_level_across_processes_local(local_config: AetherConfig) -> None:
     _check_graph_timeline(local_config.store, procs, flow_name, 30)
 
 
+@pytest.mark.slow
 def test_graph_level_across_processes_s3(s3_store_block: AetherObjectStore) -> None:
     flow_name = f"mem-xproc-s3-{uuid.uuid4().hex[:8]}"
     _check_graph_timeline(s3_store_block, [_spawn_writer(s3_store_block, flow_name, 20)], flow_name, 20)

@@ -221,6 +221,7 @@ def test_bad_input_raises_typed_errors_before_writing(ctx: Any, tmp_path: Path) 
     assert not rag.search("kb", "lighthouses", mode="lexical")
 
 
+@pytest.mark.slow
 def test_persistence_and_concurrent_upserts_across_processes(local_config: AetherConfig) -> None:
     root = local_config.store.root  # type: ignore[union-attr]
     script = textwrap.dedent(
