@@ -142,7 +142,9 @@ async def _doctor(name: str | None) -> list[tuple[str, bool, str]]:
                 svc = ctx.llm(pname)
                 prof = ctx.llm_profile(pname)
                 await svc.raw(method="GET", path="/models")
-                return f"{prof.base_url if prof else ''} answered"
+                from aether_prefect.services.llm._http import mask_url
+
+                return f"{mask_url(prof.base_url or '') if prof else ''} answered"
 
             await check(f"llm profile {pname}", llm)
         for sname in sorted(config.mcp):

@@ -82,8 +82,11 @@ def test_doctor_all_ok_then_a_failing_profile(local_config: AetherConfig, llm_se
     assert "2 tools" in lines[-1]
 
     bad = f"doc-{uuid.uuid4().hex[:8]}"
-    local_config.model_copy(update={"llm": {"default": llm_server.profile(api_key=SecretStr(SECRET), max_retries=0)}}).save(bad)
+    bad_profile = llm_server.profile(api_key=SecretStr(SECRET), max_retries=0)  # credentials in its URL too
+    bad_profile = bad_profile.model_copy(update={"base_url": bad_profile.base_url.replace("http://", "http://doc:pw-hidden@")})
+    local_config.model_copy(update={"llm": {"default": bad_profile}}).save(bad)
     out = cli("doctor", bad)
     assert out.returncode == 1
     assert any(ln.startswith("FAIL llm profile default") and "401" in ln for ln in out.stdout.splitlines()), out.stdout
     assert SECRET not in out.stdout + out.stderr
+    assert "***@127.0.0.1" in out.stdout and "pw-hidden" not in out.stdout + out.stderr

@@ -47,7 +47,10 @@ class BoundService:
         return SyncView(self)
 
     async def aclose(self) -> None:
-        """Release what this service opened for its context (connections, subprocesses)."""
+        """Release what this service opened for its context (connections, subprocesses).
+
+        Example: ``await context.kv().aclose()  # the context does this when the task ends``
+        """
 
 
 # ---------------------------------------------------------------------------
@@ -76,13 +79,22 @@ class Service:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def start(self) -> Any:
-        """Hook: open connections, load models. Called before first use."""
+        """Hook: open connections, load models. Called before first use.
+
+        Example: ``await context.my_service().start()  # called for you on first use``
+        """
 
     def close(self) -> Any:
-        """Hook: release resources. Called at process exit or shutdown_services()."""
+        """Hook: release resources. Called at process exit or shutdown_services().
+
+        Example: ``await context.my_service().close()  # called for you when the context closes``
+        """
 
     def ctx(self) -> "NodeContext":
-        """The NodeContext of the task calling this service."""
+        """The NodeContext of the task calling this service.
+
+        Example: ``self.ctx().logger().info("inside %s", self.ctx().node_id)``
+        """
         from aether_prefect.context import current_context
 
         return current_context()
@@ -94,13 +106,19 @@ class Service:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Serialise a critical section across threads and tasks: ``with self.locked(): ...``."""
+        """Serialise a critical section across threads and tasks: ``with self.locked(): ...``.
+
+        Example: ``with self.locked(): self.count += 1``
+        """
         with self._lock:
             yield
 
     @contextlib.asynccontextmanager
     async def alocked(self) -> AsyncIterator[None]:
-        """Async form of :meth:`locked`, the same lock, never blocking the event loop: ``async with self.alocked(): ...``."""
+        """Async form of :meth:`locked`, the same lock, never blocking the event loop: ``async with self.alocked(): ...``.
+
+        Example: ``async with self.alocked(): self.count += 1``
+        """
         async with self._lock:
             yield
 
@@ -121,7 +139,10 @@ class Service:
         return deco
 
     async def run_blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run blocking ``fn`` in a worker thread so the event loop keeps going."""
+        """Run blocking ``fn`` in a worker thread so the event loop keeps going.
+
+        Example: ``rows = await self.run_blocking(db.fetch_all, "select 1")``
+        """
         return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 

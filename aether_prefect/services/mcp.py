@@ -383,11 +383,17 @@ class MCPClient(BoundService):
             raise err from None
 
     async def open(self) -> None:
-        """Start the server connection and do the ``initialize`` handshake now (otherwise done on first use)."""
+        """Start the server connection and do the ``initialize`` handshake now (otherwise done on first use).
+
+        Example: ``await context.mcp("tools").open()  # optional: the first call opens it``
+        """
         await self._connection()
 
     async def close(self) -> None:
-        """Close the session (and stop a stdio server); a later call opens a new one."""
+        """Close the session (and stop a stdio server); a later call opens a new one.
+
+        Example: ``await context.mcp("tools").close()``
+        """
         with self._lock:
             conns = [c for c in (*self._retired, self._conn) if c is not None]
             self._conn, self._retired = None, []
@@ -395,7 +401,10 @@ class MCPClient(BoundService):
             await conn.close()
 
     async def aclose(self) -> None:
-        """Close with the context: nothing of this client outlives it."""
+        """Close with the context: nothing of this client outlives it.
+
+        Example: ``await context.mcp("tools").aclose()``
+        """
         self._finished = True
         await self.close()
 
@@ -409,7 +418,10 @@ class MCPClient(BoundService):
     # -- MCP operations ---------------------------------------------------------------
 
     async def list_tools(self) -> list[MCPTool]:
-        """The server's tools as ``[{"name", "description", "input_schema", "output_schema"}]`` (``t.name`` works too)."""
+        """The server's tools as ``[{"name", "description", "input_schema", "output_schema"}]`` (``t.name`` works too).
+
+        Example: ``names = [t.name for t in await context.mcp("tools").list_tools()]``
+        """
 
         async def op(session: "ClientSession") -> list[MCPTool]:
             return [
@@ -428,6 +440,8 @@ class MCPClient(BoundService):
         """Call ``tool`` with ``params``: the structured result when the server gives one, else ``{"content": [...]}``.
 
         A tool error raises MCPError with the server's message.
+
+        Example: ``out = await context.mcp("tools").call("add", {"a": 1, "b": 2})``
         """
         if not isinstance(tool, str) or not tool:
             raise ValidationError(f"tool must be a non-empty str naming a tool of MCP server {self._label}, got {tool!r}")
@@ -460,7 +474,10 @@ class MCPClient(BoundService):
         return self._tool_names is not None and tool not in self._tool_names
 
     async def list_resources(self) -> list[MCPResource]:
-        """The server's resources as ``[{"uri", "name", "description", "mime_type"}]`` (attribute access works too)."""
+        """The server's resources as ``[{"uri", "name", "description", "mime_type"}]`` (attribute access works too).
+
+        Example: ``uris = [r.uri for r in await context.mcp("tools").list_resources()]``
+        """
 
         async def op(session: "ClientSession") -> list[MCPResource]:
             return [
@@ -472,7 +489,10 @@ class MCPClient(BoundService):
         return await self._request("listing resources", op)
 
     async def read_resource(self, uri: str) -> dict[str, Any]:
-        """Read ``uri``: ``{"uri", "contents": [{"uri", "mime_type", "text" | "blob"}]}`` (blob is base64)."""
+        """Read ``uri``: ``{"uri", "contents": [{"uri", "mime_type", "text" | "blob"}]}`` (blob is base64).
+
+        Example: ``doc = await context.mcp("tools").read_resource("file:///readme")``
+        """
         if not isinstance(uri, str) or not uri:
             raise ValidationError(f"uri must be a non-empty str such as 'file:///...' or 'demo://x', got {uri!r}")
         result = await self._request(f"reading resource {uri!r}", lambda s: s.read_resource(uri))

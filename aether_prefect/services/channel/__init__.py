@@ -83,6 +83,8 @@ class ChannelService(BoundService):
         (secrets masked) through the configured notification blocks; a failed notification is only logged.
 
         >>> await context.channel().send_text("nightly run done", notify=True)
+
+        Example: ``await context.channel().send_text("nightly run started", notify=True)``
         """
         if not isinstance(text, str):
             raise ValidationError(f"text must be a str, got {type(text).__name__}; format it first, e.g. str(value)")
@@ -97,6 +99,8 @@ class ChannelService(BoundService):
         """Publish markdown ``text`` as a markdown artifact of the current run; returns its id (None outside a run).
 
         Outside a run the text goes to the log instead. Also recorded in memory like ``send_text``.
+
+        Example: ``await context.channel().send_rich("## Report\n3 rows kept", title="report")``
         """
         if not isinstance(text, str):
             raise ValidationError(f"text must be a markdown str, got {type(text).__name__}")
@@ -120,6 +124,8 @@ class ChannelService(BoundService):
         """Share a file: a path is saved with ``context.artifacts()`` (published in the run); logs a link to it.
 
         ``file`` may also be an ``Artifact`` already saved. Returns the Artifact.
+
+        Example: ``await context.channel().send_file("out/report.csv", title="report")``
         """
         if isinstance(file, (str, Path)):
             path = Path(file)
@@ -149,6 +155,8 @@ class ChannelService(BoundService):
         suspends the flow run instead of waiting in it: its process exits, and the answer reruns it.
 
         >>> name = await context.channel().ask_text("Which dataset?", timeout_s=600)
+
+        Example: ``name = await context.channel().ask_text("Dataset name?", timeout_s=600)``
         """
         prompt = check_prompt(prompt)
         timeout = check_timeout(timeout_s)
@@ -172,6 +180,8 @@ class ChannelService(BoundService):
 
         >>> ok = await context.channel().ask_approval("Deploy?")
         >>> ok                                   # {"approved": False, "choice": "Reject", "reason": "tests red"}
+
+        Example: ``ok = await context.channel().ask_approval("Publish?"); ok["approved"]``
         """
         prompt = check_prompt(prompt)
         opts = check_options(options)
@@ -200,6 +210,8 @@ class ChannelService(BoundService):
 
         >>> r = await context.channel().ask_choices("Mode?", [{"id": "safe", "label": "Safe"}, "Fast"])
         >>> r.choice, r.choice_label, r.matched                          # ("safe", "Safe", True)
+
+        Example: ``r = await context.channel().ask_choices("Region?", ["eu", "us"]); r.choice``
         """
         prompt = check_prompt(prompt)
         opts = build_options(options)

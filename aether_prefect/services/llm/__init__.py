@@ -287,7 +287,10 @@ class LLMService(BoundService):
             self._budget.commit(res, usage)
 
     async def aclose(self) -> None:
-        """Give the unused part of this context's flow-run budget allotment back."""
+        """Give the unused part of this context's flow-run budget allotment back.
+
+        Example: ``await context.llm().aclose()  # the context does this when the task ends``
+        """
         await self._budget.aclose()
 
     def _request(self, client: httpx.AsyncClient, call: HttpCall, extra_headers: dict[str, str] | None = None,
@@ -572,7 +575,10 @@ class LLMService(BoundService):
     # -- observability --------------------------------------------------------------------------------------
 
     def usage(self) -> list[UsageRow]:
-        """Calls and tokens of this task run so far, per profile and model (all profiles of the context)."""
+        """Calls and tokens of this task run so far, per profile and model (all profiles of the context).
+
+        Example: ``rows = context.llm().usage(); print(rows[-1].total_tokens)``
+        """
         return tracker(self.ctx).rows()
 
     async def _log_exchange(self, messages: list[dict[str, Any]], reply: str, usage: Usage, model: str) -> None:

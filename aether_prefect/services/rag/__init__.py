@@ -254,6 +254,8 @@ class RAGService(RAGCompat, BoundService):
 
         ``corpus_id`` wins; else ``key`` (any string) maps to a stable id; else the corpus
         of this run (``run-<run_id>``). Chunking settings are fixed when the corpus is created.
+
+        Example: ``cid = await context.rag.bind_corpus("notes")``
         """
         if corpus_id is None:
             if key is not None:
@@ -286,7 +288,10 @@ class RAGService(RAGCompat, BoundService):
         return corpus_id
 
     async def list_corpora(self) -> list[dict[str, Any]]:
-        """Every corpus in the object store: ``[{"corpus_id", "key", "chunk_size", "chunk_overlap", "created_at"}]``."""
+        """Every corpus in the object store: ``[{"corpus_id", "key", "chunk_size", "chunk_overlap", "created_at"}]``.
+
+        Example: ``ids = [c["corpus_id"] for c in await context.rag.list_corpora()]``
+        """
         store = self._store()
 
         def _read() -> list[dict[str, Any]]:
@@ -300,7 +305,10 @@ class RAGService(RAGCompat, BoundService):
         return await anyio.to_thread.run_sync(_read)
 
     async def stats(self, corpus_id: str) -> CorpusStats:
-        """Document, chunk and vector counts of a corpus."""
+        """Document, chunk and vector counts of a corpus.
+
+        Example: ``print((await context.rag.stats("notes")).chunks)``
+        """
         idx = await self._index(corpus_id)
         b = await anyio.to_thread.run_sync(idx.built)
         return CorpusStats(
@@ -315,7 +323,10 @@ class RAGService(RAGCompat, BoundService):
         )
 
     async def list_docs(self, corpus_id: str, *, limit: int | None = None) -> list[DocInfo]:
-        """Documents of a corpus (newest revision of each), sorted by title."""
+        """Documents of a corpus (newest revision of each), sorted by title.
+
+        Example: ``docs = await context.rag.list_docs("notes", limit=10)``
+        """
         idx = await self._index(corpus_id)
         b = await anyio.to_thread.run_sync(idx.built)
         docs = [
@@ -336,6 +347,8 @@ class RAGService(RAGCompat, BoundService):
         Each doc is ``{"text": str, "title": str, "labels": {...}}`` or ``{"path": "a.md", "labels": {...}}``
         (.txt, .md). ``source`` (optional) is the stable identity; it defaults to the path, else the title.
         Every doc is validated before anything is written. Unknown corpora are created.
+
+        Example: ``await context.rag.upsert_docs("notes", [{"text": "Logs are kept 7 days.", "title": "Retention"}])``
         """
         self._check_corpus_id(corpus_id)
         if isinstance(docs, dict):
@@ -376,7 +389,10 @@ class RAGService(RAGCompat, BoundService):
         )
 
     async def delete_docs(self, corpus_id: str, doc_ids: list[str] | str) -> dict[str, Any]:
-        """Delete documents by ``doc_id``: ``{"deleted": n, "missing": [ids not found]}``."""
+        """Delete documents by ``doc_id``: ``{"deleted": n, "missing": [ids not found]}``.
+
+        Example: ``await context.rag.delete_docs("notes", ["doc-1"])``
+        """
         ids = [doc_ids] if isinstance(doc_ids, str) else list(doc_ids)
         if not all(isinstance(d, str) and d for d in ids):
             raise RAGError("doc_ids must be a doc_id str or a list of them (see list_docs or upsert_docs' doc_ids)")
@@ -413,6 +429,8 @@ class RAGService(RAGCompat, BoundService):
 
         ``hybrid`` fuses BM25 and dense ranks (falls back to lexical, noted in ``meta["fallback"]``,
         when no embed_model is configured); ``dense`` needs an embed_model.
+
+        Example: ``hits = await context.rag.search("notes", "retention policy", k=5)``
         """
         if not isinstance(query, str) or not query.strip():
             raise RAGError(f"query must be a non-empty str, got {query!r}")
@@ -520,6 +538,8 @@ class RAGService(RAGCompat, BoundService):
 
         Returns ``{"answer", "citations", "usage", "resolved_citations"}``: ``citations`` are the
         passages the answer cites as ``[n]``; ``resolved_citations`` add document title, source and text.
+
+        Example: ``out = await context.rag.answer("notes", "How long do we keep logs?")``
         """
         if not isinstance(style, str) or not style.strip():
             raise RAGError(f"style must be a non-empty str such as 'concise' or 'detailed', got {style!r}")

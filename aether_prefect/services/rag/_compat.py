@@ -147,6 +147,8 @@ class RAGCompat(LegacyKeywords):
         hybrid rank), so a chunk that covers the whole question beats one that repeats one word.
 
         >>> hits = await context.rag.retrieve(corpus_id, "refund window", k=3)
+
+        Example: ``chunks = await context.rag.retrieve("notes", "retention", k=4)``
         """
         if not rerank:
             return await self.search(corpus_id, query, k=k)  # type: ignore[attr-defined,no-any-return]
@@ -175,6 +177,8 @@ class RAGCompat(LegacyKeywords):
         Use it after changing ``embed_model``; returns ``{"reembedded": chunks, "docs": n, "model": name}``.
 
         >>> await context.rag.reembed(corpus_id)
+
+        Example: ``await context.rag.reembed("notes")  # after changing the embedding model``
         """
         from aether_prefect.services import rag as rag_mod
         from aether_prefect.services.rag import _index as ri
