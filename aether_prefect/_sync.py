@@ -100,20 +100,41 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         raise
     ctx = contextvars.copy_context()
 
-    def start() -> asyncio.Task[T]:
-        return asyncio.get_running_loop().create_task(coro, context=ctx)
+    async def boxed() -> T | _Raised:
+        # A BaseException (KeyboardInterrupt, SystemExit, a test's own) escaping into the portal's task group
+        # would stop the portal for every later caller: hand it back to the caller instead.
+        try:
+            return await asyncio.get_running_loop().create_task(coro, context=ctx)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
+            return _Raised(exc)
 
-    future: concurrent.futures.Future[T] = portal.start_task_soon(start)
+    future: concurrent.futures.Future[T | _Raised] = portal.start_task_soon(boxed)
     try:
         while True:
             try:
-                return future.result(timeout=_WAKE_S)
+                out = future.result(timeout=_WAKE_S)
             except concurrent.futures.TimeoutError:
                 if future.done():  # the coroutine itself raised TimeoutError
                     raise
+                continue
+            if isinstance(out, _Raised):
+                exc, out.exc = out.exc, None
+                raise exc
+            return out
     except BaseException:
         future.cancel()  # cancels the coroutine's task on the portal (no-op once finished)
         raise
+
+
+class _Raised:
+    """What a coroutine run by :func:`run_sync` raised, carried back to the calling thread."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException | None) -> None:
+        self.exc = exc
 
 
 def _shutdown() -> None:

@@ -233,3 +233,21 @@ def test_sync_task_sees_its_context_inside_service_coroutines(local_config: Aeth
         assert inner == outer
     finally:
         shutdown_services()
+
+
+def test_a_base_exception_in_a_coroutine_leaves_the_portal_running() -> None:
+    """A BaseException from a coroutine reaches its caller and the portal keeps serving later calls."""
+    from aether_prefect._sync import run_sync
+
+    class Boom(BaseException):
+        pass
+
+    async def bad() -> None:
+        raise Boom("from the coroutine")
+
+    async def good() -> int:
+        return 42
+
+    with pytest.raises(Boom, match="from the coroutine"):
+        run_sync(bad())
+    assert run_sync(good()) == 42
