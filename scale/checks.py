@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from aether_prefect import NodeContext
 from aether_prefect.services.artifacts._index import index_for
+from aether_prefect.services.artifacts._parts import parts_for
 from aether_prefect.services.artifacts import blob_key
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 from scale.flows import SUMMARY_KIND, counter_key, watermark_key
@@ -57,10 +58,11 @@ def _blob_check(store: ObjectStore, sha: str) -> str | None:
 
 def check_index(store: ObjectStore, runs: Sequence[RunInfo]) -> list[Check]:
     """Index records of the runs: bytes present with matching sha256, no duplicates, every shard of a completed run."""
-    index = index_for(store)
+    index = index_for(store)  # the layout before the partitioned index (a cluster store may hold both)
     index.refresh()
     ids = {r.id for r in runs}
-    recs = [rec for _key, rec in index.records() if rec.run_id in ids and rec.kind == "shard"]
+    records = [*index.records(), *parts_for(store).all_records()]  # a run's records live in one layout only
+    recs = [rec for _key, rec in records if rec.run_id in ids and rec.kind == "shard"]
     bad = [p for p in (_blob_check(store, sha) for sha in {r.sha256 for r in recs}) if p]
     dup = [k for k, n in Counter((r.artifact_id, r.run_id, r.node_id, r.name) for r in recs).items() if n > 1]
     per_run = Counter(r.run_id for r in recs)
