@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from aether_prefect.services.stores._per_store import PerStore
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 
 ROOT = "artifacts"
@@ -314,18 +314,8 @@ class ArtifactIndex:
             self._loose.pop(key, None)
 
 
-_indexes: "weakref.WeakKeyDictionary[ObjectStore, ArtifactIndex]" = weakref.WeakKeyDictionary()
-_indexes_lock = threading.Lock()
-
-
-def index_for(store: ObjectStore) -> ArtifactIndex:
-    """The one ArtifactIndex of ``store`` in this process."""
-    with _indexes_lock:
-        idx = _indexes.get(store)
-        if idx is None:
-            idx = ArtifactIndex(store)
-            _indexes[store] = idx
-        return idx
+#: The one ArtifactIndex of ``store`` in this process.
+index_for: PerStore[ArtifactIndex] = PerStore(ArtifactIndex)
 
 
 __all__ = ["Artifact", "ArtifactIndex", "IndexEvent", "index_for", "new_event_key"]

@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import threading
 import uuid
-import weakref
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 from aether_prefect.services.artifacts._index import ROOT, Artifact, ArtifactIndex, IndexEvent
+from aether_prefect.services.stores._per_store import PerStore
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 
 V2 = f"{ROOT}/index/v2"
@@ -274,18 +274,8 @@ class PartitionedIndex:
         return out
 
 
-_indexes: "weakref.WeakKeyDictionary[ObjectStore, PartitionedIndex]" = weakref.WeakKeyDictionary()
-_indexes_lock = threading.Lock()
-
-
-def parts_for(store: ObjectStore) -> PartitionedIndex:
-    """The one PartitionedIndex of ``store`` in this process."""
-    with _indexes_lock:
-        idx = _indexes.get(store)
-        if idx is None:
-            idx = PartitionedIndex(store)
-            _indexes[store] = idx
-        return idx
+#: The one PartitionedIndex of ``store`` in this process.
+parts_for: PerStore[PartitionedIndex] = PerStore(PartitionedIndex)
 
 
 __all__ = ["IDS", "PINS", "RUNS", "SEGS", "V2", "PartitionedIndex", "enc", "part_of", "parts_for"]

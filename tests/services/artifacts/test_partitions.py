@@ -186,7 +186,7 @@ async def test_old_layout_reads_then_migrates_twice_losing_nothing(config_local:
         _migrate._absent.clear()
         from aether_prefect.services.artifacts import _parts
 
-        _parts._indexes.clear()
+        _parts.parts_for.clear()
         assert _migrate.legacy_index(store) is None  # migrated: the old layout is no longer read
         assert snapshot(await ctx.artifacts().search(kind="model", view="run")) == before_run
         assert snapshot(await ctx.artifacts().search(view="all")) == before_all
