@@ -221,7 +221,10 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         self, text: str, *, kind: str = "text", name: str | None = None, labels: dict[str, Any] | None = None,
         metrics: dict[str, float] | None = None, pin: bool = False, mime: str | None = None,
     ) -> Artifact:
-        """Save ``text`` (UTF-8); small text also shows inline in the Prefect UI."""
+        """Save ``text`` (UTF-8); small text also shows inline in the Prefect UI.
+
+        Example: ``art = await context.artifacts().save_text("# Report", kind="report", name="report.md")``
+        """
         if not isinstance(text, str):
             raise ValidationError(f"save_text takes a str, got {type(text).__name__}; use save_bytes or save_json")
         if mime is None:
@@ -233,7 +236,10 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         self, obj: Any, *, kind: str = "json", name: str | None = None, labels: dict[str, Any] | None = None,
         metrics: dict[str, float] | None = None, pin: bool = False,
     ) -> Artifact:
-        """Save ``obj`` as JSON; a list of records also shows as a table in the Prefect UI."""
+        """Save ``obj`` as JSON; a list of records also shows as a table in the Prefect UI.
+
+        Example: ``art = await context.artifacts().save_json({"rows": 120}, kind="stats", metrics={"rows": 120})``
+        """
         try:
             data = json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8")
         except (TypeError, ValueError) as exc:
@@ -247,7 +253,10 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         self, data: bytes, *, kind: str = "bytes", name: str | None = None, labels: dict[str, Any] | None = None,
         metrics: dict[str, float] | None = None, pin: bool = False, mime: str | None = None,
     ) -> Artifact:
-        """Save raw bytes."""
+        """Save raw bytes.
+
+        Example: ``art = await context.artifacts().save_bytes(b"\x89PNG...", kind="image", name="plot.png")``
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise ValidationError(f"save_bytes takes bytes, got {type(data).__name__}; use save_text or save_json")
         if mime is None:
@@ -259,7 +268,10 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         labels: dict[str, Any] | None = None, metrics: dict[str, float] | None = None, pin: bool = False,
         mime: str | None = None, cleanup: bool = False,
     ) -> Artifact:
-        """Copy the file at ``path`` into the store (streamed); the source is deleted only if ``cleanup=True``."""
+        """Copy the file at ``path`` into the store (streamed); the source is deleted only if ``cleanup=True``.
+
+        Example: ``art = await context.artifacts().save_file("out/model.pkl", kind="model", labels={"stage": "train"})``
+        """
         src = Path(os.fspath(path)) if isinstance(path, (str, os.PathLike)) else None
         if src is None or "\x00" in str(src):
             raise ValidationError(f"save_file takes a path to a file, got {path!r}")
@@ -281,6 +293,8 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         """Stream into a temp file: committed as an artifact on normal exit, discarded on error.
 
         ``w.artifact`` holds the saved Artifact after the block.
+
+        Example: ``async with context.artifacts().writer(kind="log", planned_ext=".txt") as w: w.write("line 1\n")``
         """
         _check_kind(kind)
         _check_name(name)
@@ -395,7 +409,10 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         return data
 
     async def get_by_id(self, artifact_id: str) -> Artifact:
-        """The newest index record of ``artifact_id`` (any run); ArtifactNotFound if none."""
+        """The newest index record of ``artifact_id`` (any run); ArtifactNotFound if none.
+
+        Example: ``art = await context.artifacts().get_by_id(art.artifact_id)``
+        """
         self._check_id(artifact_id)
         rec = await anyio.to_thread.run_sync(self._get_record, artifact_id)
         if rec is None:
@@ -417,31 +434,52 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         return rec
 
     async def load_bytes_by_id(self, artifact_id: str) -> bytes:
-        """The bytes of ``artifact_id``, sha256-verified."""
+        """The bytes of ``artifact_id``, sha256-verified.
+
+        Example: ``data = await context.artifacts().load_bytes_by_id(art.artifact_id)``
+        """
         return await self._load(self._check_id(artifact_id))
 
     async def load_text_by_id(self, artifact_id: str, encoding: str = "utf-8") -> str:
-        """The content of ``artifact_id`` as text; ValidationError if it is not text in ``encoding``."""
+        """The content of ``artifact_id`` as text; ValidationError if it is not text in ``encoding``.
+
+        Example: ``text = await context.artifacts().load_text_by_id(art.artifact_id)``
+        """
         return _decode(await self.load_bytes_by_id(artifact_id), encoding, artifact_id)
 
     async def load_json_by_id(self, artifact_id: str) -> Any:
-        """The content of ``artifact_id`` parsed as JSON; ValidationError if it is not JSON."""
+        """The content of ``artifact_id`` parsed as JSON; ValidationError if it is not JSON.
+
+        Example: ``obj = await context.artifacts().load_json_by_id(art.artifact_id)``
+        """
         return _parse_json(await self.load_bytes_by_id(artifact_id), artifact_id)
 
     async def load_bytes(self, uri: str) -> bytes:
-        """The bytes at an artifact ``uri``, sha256-verified."""
+        """The bytes at an artifact ``uri``, sha256-verified.
+
+        Example: ``data = await context.artifacts().load_bytes(art.uri)``
+        """
         return await self._load(self._sha_of_uri(uri))
 
     async def load_text(self, uri: str, encoding: str = "utf-8") -> str:
-        """The content at ``uri`` as text; ValidationError if it is not text in ``encoding``."""
+        """The content at ``uri`` as text; ValidationError if it is not text in ``encoding``.
+
+        Example: ``text = await context.artifacts().load_text(art.uri)``
+        """
         return _decode(await self.load_bytes(uri), encoding, uri)
 
     async def load_json(self, uri: str) -> Any:
-        """The content at ``uri`` parsed as JSON; ValidationError if it is not JSON."""
+        """The content at ``uri`` parsed as JSON; ValidationError if it is not JSON.
+
+        Example: ``obj = await context.artifacts().load_json(art.uri)``
+        """
         return _parse_json(await self.load_bytes(uri), uri)
 
     async def as_local_file(self, artifact_or_uri: Artifact | str) -> str:
-        """A verified local copy of the artifact (streamed, cached by sha256); returns its path."""
+        """A verified local copy of the artifact (streamed, cached by sha256); returns its path.
+
+        Example: ``path = await context.artifacts().as_local_file(art)``
+        """
         if isinstance(artifact_or_uri, Artifact):
             sha = self._check_id(artifact_or_uri.artifact_id)
         elif isinstance(artifact_or_uri, str) and "://" in artifact_or_uri:
@@ -485,6 +523,8 @@ class ArtifactsService(ArtifactsCompat, BoundService):
 
         Views: ``node`` (this run and node), ``run`` (this run), ``graph`` (every run of this graph), ``all``.
         One entry per artifact id (its newest record).
+
+        Example: ``top = await context.artifacts().search(kind="model", metric="accuracy", mode="max", view="graph", limit=3)``
         """
         v = _check_view(view, scope, "run")
         if mode not in ("max", "min"):
@@ -516,21 +556,30 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         return hits[:limit] if limit else hits
 
     async def list(self, view: View | None = None, *, scope: View | None = None, kind: str | None = None) -> list[Artifact]:
-        """Artifacts in ``view`` (default the current run), newest first."""
+        """Artifacts in ``view`` (default the current run), newest first.
+
+        Example: ``arts = await context.artifacts().list(view="run")``
+        """
         return await self.search(kind=kind, view=_check_view(view, scope, "run"))  # type: ignore[arg-type]
 
     async def best(
         self, *, kind: str | None = None, metric: str, mode: Literal["max", "min"] = "max",
         view: View | None = None, scope: View | None = None, labels: dict[str, Any] | None = None,
     ) -> Artifact | None:
-        """The artifact with the highest (``max``) or lowest (``min``) ``metric``, or None."""
+        """The artifact with the highest (``max``) or lowest (``min``) ``metric``, or None.
+
+        Example: ``winner = await context.artifacts().best(kind="model", metric="accuracy", mode="max")``
+        """
         if not isinstance(metric, str) or not metric:
             raise ValidationError(f"best needs a metric name, got {metric!r}")
         hits = await self.search(kind=kind, labels=labels, metric=metric, mode=mode, view=view, scope=scope, limit=1)
         return hits[0] if hits else None
 
     async def pin(self, artifact_id: str) -> Artifact:
-        """Mark ``artifact_id`` as pinned (an idempotent pin object; safe from many processes)."""
+        """Mark ``artifact_id`` as pinned (an idempotent pin object; safe from many processes).
+
+        Example: ``await context.artifacts().pin(winner.artifact_id)``
+        """
         rec = await self.get_by_id(artifact_id)
         await anyio.to_thread.run_sync(parts_for(self.store).write_pin, artifact_id)
         return rec.model_copy(update={"pinned": True})

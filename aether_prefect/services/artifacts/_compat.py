@@ -149,7 +149,10 @@ class ArtifactsCompat(LegacyKeywords):
         return await self.load_bytes(uri)  # type: ignore[attr-defined,no-any-return]
 
     async def aclose(self) -> None:
-        """Remove this context's ``tmp_path`` folder, then close as usual."""
+        """Remove this context's ``tmp_path`` folder, then close as usual.
+
+        Example: ``await context.artifacts().aclose()  # NodeContext.aclose() does this for you``
+        """
         tmp, self._tmp_dir = self._tmp_dir, None
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -234,7 +234,10 @@ class MemoryService(MemoryCompat, BoundService):
         signal: float | None = None,
         text: str | None = None,
     ) -> Event:
-        """Append an event to this timeline (durable) and mirror it as a Prefect event; returns it."""
+        """Append an event to this timeline (durable) and mirror it as a Prefect event; returns it.
+
+        Example: ``ev = await context.memory().record("note", {"rows": 120}, tags=["prep"], metrics={"rows": 120})``
+        """
         return await self._record(kind, data, tags=tags, severity=severity, stage=stage, metrics=metrics,
                                   signal=signal, text=text)
 
@@ -363,7 +366,10 @@ class MemoryService(MemoryCompat, BoundService):
         return await anyio.to_thread.run_sync(self._scan, kinds, match, limit, max_scan)
 
     async def recent(self, kinds: list[str] | str | None = None, limit: int = 50) -> list[Event]:
-        """The newest ``limit`` events (of ``kinds``), oldest to newest. Reads only those objects."""
+        """The newest ``limit`` events (of ``kinds``), oldest to newest. Reads only those objects.
+
+        Example: ``events = await context.memory().recent(kinds=["note"], limit=10)``
+        """
         kind_list = _check_kinds(kinds)
         limit = _check_limit(limit)
         events = await self._newest(kind_list, lambda e: True, limit, limit)
@@ -371,7 +377,10 @@ class MemoryService(MemoryCompat, BoundService):
 
     async def recent_data(self, kinds: list[str] | str | None = None, tags: list[str] | None = None,
                           limit: int = 50, *, max_scan: int = DEFAULT_MAX_SCAN) -> list[Any]:
-        """``data`` (or ``text`` when data is None) of the newest events with ``kinds`` and all ``tags``."""
+        """``data`` (or ``text`` when data is None) of the newest events with ``kinds`` and all ``tags``.
+
+        Example: ``rows = await context.memory().recent_data(kinds=["note"], tags=["prep"])``
+        """
         kind_list = _check_kinds(kinds)
         want = set(_check_tags(tags))
         limit = _check_limit(limit)
@@ -383,6 +392,8 @@ class MemoryService(MemoryCompat, BoundService):
         """Events whose text, kind or tags share words with ``query``, best first; ``[]`` on a miss.
 
         Scans the newest ``max_scan`` events of the timeline (after the kind filter).
+
+        Example: ``hits = await context.memory().search("refund", kinds=["chat.turn"])``
         """
         if not isinstance(query, str):
             raise _err(f"query must be a str, got {type(query).__name__}")
@@ -414,7 +425,10 @@ class MemoryService(MemoryCompat, BoundService):
 
     async def record_chat(self, role: str, text: str, *, tags: list[str] | None = None, severity: int = 2,
                           signal: float | None = None) -> Event:
-        """Record a chat turn: kind ``chat.turn``, data ``{"role", "content"}``."""
+        """Record a chat turn: kind ``chat.turn``, data ``{"role", "content"}``.
+
+        Example: ``await context.memory().record_chat("user", "What changed today?")``
+        """
         if role not in CHAT_ROLES:
             raise _err(f"chat role must be one of {', '.join(CHAT_ROLES)}, got {role!r}")
         if not isinstance(text, str):
@@ -423,19 +437,31 @@ class MemoryService(MemoryCompat, BoundService):
                                  signal=signal, text=text)
 
     async def record_chat_user(self, text: str, **kw: Any) -> Event:
-        """``record_chat("user", text)``."""
+        """``record_chat("user", text)``.
+
+        Example: ``await context.memory().record_chat_user("What changed today?")``
+        """
         return await self.record_chat("user", text, **kw)
 
     async def record_chat_assistant(self, text: str, **kw: Any) -> Event:
-        """``record_chat("assistant", text)``."""
+        """``record_chat("assistant", text)``.
+
+        Example: ``await context.memory().record_chat_assistant("Two files were added.")``
+        """
         return await self.record_chat("assistant", text, **kw)
 
     async def record_chat_system(self, text: str, **kw: Any) -> Event:
-        """``record_chat("system", text)``."""
+        """``record_chat("system", text)``.
+
+        Example: ``await context.memory().record_chat_system("You are terse.")``
+        """
         return await self.record_chat("system", text, **kw)
 
     async def recent_chat(self, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest ``limit`` chat turns, oldest first: ``[{"role", "content", "ts"}]``."""
+        """The newest ``limit`` chat turns, oldest first: ``[{"role", "content", "ts"}]``.
+
+        Example: ``turns = await context.memory().recent_chat(limit=20)``
+        """
         events = await self.recent([CHAT_KIND], limit)
         return [{"role": e.data.get("role"), "content": e.data.get("content"), "ts": e.ts}
                 for e in events if isinstance(e.data, dict)]
@@ -444,6 +470,8 @@ class MemoryService(MemoryCompat, BoundService):
         """``{"summary": str, "messages": [{"role", "content"}]}`` ready for ``llm().chat``.
 
         ``summary`` is the text of the newest ``chat.summary`` event ("" if none).
+
+        Example: ``text, usage = await context.llm().chat(await context.memory().chat_history_for_llm(limit=20))``
         """
         turns = await self.recent_chat(limit)
         summaries = await self.recent([CHAT_SUMMARY_KIND], 1)
@@ -456,7 +484,10 @@ class MemoryService(MemoryCompat, BoundService):
                            outputs: list[dict[str, Any]] | None = None, tags: list[str] | None = None,
                            metrics: dict[str, float] | None = None, message: str | None = None,
                            severity: int = 3) -> Event:
-        """Record a tool result (kind ``tool_result``); inputs/outputs are lists of ``{"name", "kind", "value"}``."""
+        """Record a tool result (kind ``tool_result``); inputs/outputs are lists of ``{"name", "kind", "value"}``.
+
+        Example: ``await context.memory().write_result(tool="sum", inputs=[{"name": "xs", "kind": "json", "value": [1, 2]}], outputs=[{"name": "total", "kind": "number", "value": 3}])``
+        """
         if not isinstance(tool, str) or not tool:
             raise _err(f"tool must be a non-empty str, got {tool!r}")
         ins = _check_tool_io(inputs, "inputs")
@@ -472,7 +503,10 @@ class MemoryService(MemoryCompat, BoundService):
 
     async def recent_tool_results(self, tool: str, limit: int = 10, *,
                                   max_scan: int = DEFAULT_MAX_SCAN) -> list[Event]:
-        """The newest ``limit`` results of ``tool``, oldest first."""
+        """The newest ``limit`` results of ``tool``, oldest first.
+
+        Example: ``results = await context.memory().recent_tool_results(tool="sum", limit=5)``
+        """
         if not isinstance(tool, str) or not tool:
             raise _err(f"tool must be a non-empty str, got {tool!r}")
         limit = _check_limit(limit)
@@ -480,7 +514,10 @@ class MemoryService(MemoryCompat, BoundService):
         return events[::-1]
 
     async def last_tool_result(self, tool: str) -> Event | None:
-        """The newest result of ``tool``, or None."""
+        """The newest result of ``tool``, or None.
+
+        Example: ``last = await context.memory().last_tool_result("sum")``
+        """
         found = await self.recent_tool_results(tool, 1)
         return found[0] if found else None
 

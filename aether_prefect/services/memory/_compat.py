@@ -55,7 +55,10 @@ class MemoryCompat(LegacyKeywords):
         return {"ts": e.ts, "event_id": e.event_id, "vtype": out.get("vtype"), "value": out.get("value")}
 
     async def last_output_by_name(self, name: str) -> Any:
-        """Just the value of :meth:`last_by_name` (None if there is none)."""
+        """Just the value of :meth:`last_by_name` (None if there is none).
+
+        Example: ``total = await context.memory().last_output_by_name("total")``
+        """
         hit = await self.last_by_name(name)
         return None if hit is None else hit["value"]
 
@@ -73,7 +76,10 @@ class MemoryCompat(LegacyKeywords):
     get_last_outputs_for_topic = last_outputs_by_topic
 
     async def last_tool_result_outputs(self, tool: str) -> dict[str, Any] | None:
-        """The ``{name: value}`` outputs of the newest result of ``tool``, or None."""
+        """The ``{name: value}`` outputs of the newest result of ``tool``, or None.
+
+        Example: ``outs = await context.memory().last_tool_result_outputs("sum")  # {"total": 3}``
+        """
         hit = await self.last_outputs_by_topic(tool)
         return None if hit is None else hit["last_outputs"]
 
