@@ -70,6 +70,32 @@ def _question(api: str, deadline: float) -> str:
     raise AssertionError("the flow run never paused on the question")
 
 
+def _pick_and_submit(browser: Chromium, modal: str, label: str, timeout: float = 120) -> None:
+    """Select ``label`` in the form's select and submit until the modal closes (the server took the answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        browser.evaluate(f"(() => {{ const s = {modal}.querySelector('select'); s.value = {label!r};"
+                         " s.dispatchEvent(new Event('input', {bubbles: true}));"
+                         " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
+        time.sleep(1)
+        browser.evaluate(f"[...{modal}.querySelectorAll('button')].find(b => b.innerText.trim() === 'Submit').click()")
+        for _ in range(20):
+            time.sleep(0.5)
+            if not browser.evaluate(f"!!{modal}"):
+                return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the form did not take the answer; it shows: {browser.evaluate(f'{modal}.innerText')}")
+
+
+def _diagnose(api: str, run_id: str, browser: Chromium, modal: str) -> str:
+    """What the server and the page show when the answer did not reach the flow (for the failure message)."""
+    run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+    inputs = httpx.post(f"{api}/flow_runs/{run_id}/input/filter", json={"prefix": ""}, timeout=10).json()
+    page = browser.evaluate(f"({modal} && {modal}.innerText) || document.body.innerText.slice(0, 2000)")
+    return json.dumps({"state": run.get("state"), "inputs": {i["key"]: i["value"] for i in inputs}, "page": page},
+                      indent=1, default=str)
+
+
 def test_the_form_in_headless_chromium(ui_server: PrefectServer, tmp_path: Path) -> None:
     binary = chromium_path()
     if binary is None:
@@ -96,11 +122,14 @@ def test_the_form_in_headless_chromium(ui_server: PrefectServer, tmp_path: Path)
         options = browser.wait_for(f"[...{modal}.querySelectorAll('select option')].map(o => o.textContent.trim())",
                                    60, "the choices")
         assert PROMPT in text and options == ["Europe West", "US East"], (text, options)
-        # Answer as a person does: pick "Europe West" in the select and submit the form.
-        browser.evaluate(f"(() => {{ const s = {modal}.querySelector('select'); s.value = 'Europe West';"
-                         " s.dispatchEvent(new Event('change', {bubbles: true})); })()")
-        browser.evaluate(f"[...{modal}.querySelectorAll('button')].find(b => b.innerText.trim() === 'Submit').click()")
-        proc.wait(timeout=300)
+        # Answer as a person does: pick "Europe West" in the select and submit the form. The UI's form state
+        # follows the select a moment later (Vue re-renders); a Submit before that is refused with "'choice' is
+        # a required property" and the modal stays open, so pick again and resubmit, as a person would.
+        _pick_and_submit(browser, modal, "Europe West")
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the flow never got the answer: " + _diagnose(ui_server.api_url, run_id, browser, modal))
     finally:
         if browser is not None:
             browser.close()
