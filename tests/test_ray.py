@@ -17,7 +17,7 @@ from prefect import flow
 
 from aether_prefect import NodeContext, aether_task, open_session_sync
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @aether_task(cache_policy=None)
@@ -79,3 +79,17 @@ def test_ray_runner_builds_context_in_worker(ray_runner: object) -> None:
             assert ctx.artifacts().sync.load_text_by_id(r["artifact_id"]) == f"from ray {r['x']} {key}"
             assert ctx.kv().sync.get(f"{key}-{r['x']}") == {"x": r["x"], "pid": r["pid"]}
         assert ctx.kv().sync.get(f"{key}-n") == 3
+
+
+def test_ray_questions_reach_the_asking_tasks(ray_runner: object) -> None:
+    """#20.5: two tasks in Ray workers ask at once; each answer (given in any order) reaches the task that asked."""
+    from tests.services.channel._helpers import ask_and_answer, ask_in_worker
+
+    def make(prompts: list[str]) -> object:
+        @flow(name="channel-ray", task_runner=ray_runner)  # type: ignore[arg-type]
+        def f() -> list[object]:
+            return [fu.result() for fu in ask_in_worker.map(prompts)]
+
+        return f
+
+    ask_and_answer(make)
