@@ -115,26 +115,29 @@ def graph_fn(fn: Callable[..., Any] | None = None, /, *, name: str | None = None
 
 
 class NodeHandle:
-    """A tool call inside ``@graphify``: its outputs are attributes (``r.result``), resolved when read."""
+    """A tool call inside ``@graphify``: its outputs are attributes (``r.result``, ``r.value``), resolved when read.
+
+    The handle has no public methods of its own, so every output name (``value`` too) reaches the output.
+    """
 
     def __init__(self, future: Any, outputs: list[str] | None) -> None:
         self._future = future
         self._outputs = outputs
 
-    def value(self) -> Any:
+    def _value(self) -> Any:
         """The tool's whole return value (waits for the task run)."""
         return _as_outputs(self._future.result(), self._outputs)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
-        value = self.value()
+        value = self._value()
         if isinstance(value, dict) and name in value:
             return value[name]
         raise AttributeError(f"tool output has no field {name!r} (outputs: {list(value) if isinstance(value, dict) else value!r})")
 
     def __getitem__(self, key: str) -> Any:
-        return self.value()[key]
+        return self._value()[key]
 
 
 def _as_outputs(value: Any, outputs: list[str] | None) -> Any:
@@ -145,7 +148,7 @@ def _as_outputs(value: Any, outputs: list[str] | None) -> Any:
 
 def _resolve(value: Any) -> Any:
     if isinstance(value, NodeHandle):
-        return value.value()
+        return value._value()
     if isinstance(value, list):
         return [_resolve(v) for v in value]
     if isinstance(value, tuple):
@@ -230,7 +233,18 @@ class GraphifyFunction:
         return aether_flow(name=self.name, validate_parameters=False, **_overrides(run_id, max_concurrency))(graph)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """``G = pipeline()`` builds the graph in AetherGraph (``run(G, inputs=...)`` runs it): here it is the
+        graph itself, since Prefect builds the run as it goes. Called with inputs, it runs the graph."""
+        if not args and not kwargs:
+            return self
         return run(self, inputs=kwargs, _args=args)
+
+    def build(self) -> "GraphifyFunction":
+        """AetherGraph's ``pipeline.build()``: the graph to hand to ``run``/``run_async`` (this object).
+
+        Example: ``result = run(pipeline.build(), inputs={"x": 7})``
+        """
+        return self
 
     def __repr__(self) -> str:
         return f"graphify({self.name!r})"

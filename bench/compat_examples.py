@@ -4,7 +4,8 @@ Not a test: it reads AetherGraph's public repositories from paths given on the c
 committed here), rewrites only their import lines (``aethergraph...`` -> ``aether_prefect.compat``), and
 runs each one as a script against a private real Prefect server and the loopback OpenAI-compatible
 server of the test suite. Questions the examples ask on the channel are answered through the inbox
-(``answer()``), as a person in the Prefect UI would. Prints pass/fail per file with the reason, then the totals.
+(``answer()``), as a person in the Prefect UI would; examples that ask on the console get a terminal on stdin
+where the same answers are typed. Prints pass/fail per file with the reason, then the totals.
 
     python bench/compat_examples.py --examples PATH/aethergraph-examples [--docs PATH/aethergraph-docs]
         [--only SUBSTRING] [--timeout 240] [--jobs 2]
@@ -92,6 +93,69 @@ def _reason(stdout: str, stderr: str, code: int | None) -> str:
     return (lines[-1].strip()[:300] if lines else f"exit code {code}")
 
 
+_CONSOLE = re.compile(r"""["']console(?::\w+)?["']""")
+_PROMPT_END = "> "
+_MENU = re.compile(r"^\s+1\. ", re.M)
+
+
+def text_answer(asked_before: int) -> str:
+    """The text a person types: "3" (a name, a count and a rate all accept it), then "quit" when the same
+    question comes back a third time (the examples' chat loops ask the same prompt and end on "quit")."""
+    return "3" if asked_before < 2 else "quit"
+
+
+def _console_session(cmd: list[str], work: Path, env: dict[str, str], timeout: float) -> tuple[int | None, str, str]:
+    """Run ``cmd`` with a terminal on stdin and a person at it: each console prompt (a line ending in "> ")
+    gets an answer typed, "1" for a numbered menu (the first option), else :func:`text_answer`."""
+    import os as _os
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _os.close(slave)
+    out: list[str] = []
+    err: list[bytes] = []
+    asked: dict[str, int] = {}
+
+    def read_out() -> None:
+        pending = ""
+        assert proc.stdout is not None
+        while chunk := _os.read(proc.stdout.fileno(), 4096):
+            text = chunk.decode("utf-8", errors="replace")
+            out.append(text)
+            pending += text
+            if pending.endswith(_PROMPT_END):
+                block = pending[-2000:]
+                pending = ""
+                if _MENU.search(block):
+                    reply = "1"
+                else:
+                    key = block.strip().splitlines()[-2] if len(block.strip().splitlines()) > 1 else block
+                    reply = text_answer(asked.get(key, 0))
+                    asked[key] = asked.get(key, 0) + 1
+                _os.write(master, (reply + "\n").encode())
+
+    def read_err() -> None:
+        assert proc.stderr is not None
+        while chunk := proc.stderr.read(4096):
+            err.append(chunk)
+
+    threads = [threading.Thread(target=read_out, daemon=True), threading.Thread(target=read_err, daemon=True)]
+    for th in threads:
+        th.start()
+    try:
+        code: int | None = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        code = None
+    for th in threads:
+        th.join(timeout=5)
+    _os.close(master)
+    return code, "".join(out), b"".join(err).decode("utf-8", errors="replace")
+
+
 def run_case(case: Case, env: dict[str, str], timeout: float) -> Outcome:
     with tempfile.TemporaryDirectory(prefix="ag-example-") as tmp:
         work = Path(tmp) / "work"
@@ -99,8 +163,15 @@ def run_case(case: Case, env: dict[str, str], timeout: float) -> Outcome:
         script = work / "example_under_test.py"
         script.write_text(rewrite_imports(case.source), encoding="utf-8")
         t = time.monotonic()
+        cmd = [sys.executable, str(script)]
+        if _CONSOLE.search(case.source):  # it asks on the console: a person types at a terminal
+            code, stdout, stderr = _console_session(cmd, work, env, timeout)
+            if code is None:
+                return Outcome(case, False, f"timed out after {timeout:.0f}s", time.monotonic() - t)
+            took = time.monotonic() - t
+            return Outcome(case, code == 0, "" if code == 0 else _reason(stdout, stderr, code), took)
         try:
-            proc = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,
+            proc = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True,
                                   timeout=timeout, stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired:
             return Outcome(case, False, f"timed out after {timeout:.0f}s", time.monotonic() - t)
@@ -113,9 +184,8 @@ def run_case(case: Case, env: dict[str, str], timeout: float) -> Outcome:
 class Responder:
     """A person at the Prefect UI: answers every pending question through the inbox (``answer``).
 
-    Text: "3" the first three times a flow run asks (a name, a count and a rate all accept it), then "quit"
-    (the examples' chat loops end on it);
-    approvals: approve; choices: the first option.
+    Text: :func:`text_answer` per flow run and prompt; approvals: approve; choices: the first option.
+    Examples that ask on the console get a terminal and the same answers typed (``_console_session``).
     """
 
     def __init__(self) -> None:
@@ -136,10 +206,11 @@ class Responder:
         while not self.stop.wait(2.0):
             try:
                 for q in pending_questions():
-                    n = self._asked.get(q.flow_run_id, 0)
-                    self._asked[q.flow_run_id] = n + 1
+                    key = f"{q.flow_run_id}:{q.prompt}"
+                    n = self._asked.get(key, 0)
+                    self._asked[key] = n + 1
                     if q.kind == "text":
-                        answer(q.flow_run_id, text="3" if n < 3 else "quit", question_id=q.question_id)
+                        answer(q.flow_run_id, text=text_answer(n), question_id=q.question_id)
                     elif q.kind == "approval":
                         answer(q.flow_run_id, approve=True, question_id=q.question_id)
                     else:

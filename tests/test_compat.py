@@ -428,3 +428,27 @@ def test_graphify_tools_fan_out_as_prefect_tasks() -> None:
         return {"sum": total.sum}
 
     assert run(map_reduce, inputs={"vals": [1, 2, 3, 4, 5]}, max_concurrency=5) == {"sum": 30}
+
+
+def test_graphify_output_named_value_is_the_output() -> None:
+    # AetherGraph's crash-resume demo: @tool(outputs=["value"]) and then a.value + b.value in the graph.
+    from aether_prefect.compat import graphify, run, tool
+
+    @tool(outputs=["value"])
+    async def triple(x: int):
+        return {"value": x * 3}
+
+    @tool(outputs=["sum"])
+    async def combine(a: int, b: int):
+        return {"sum": a + b}
+
+    @graphify(name="restart_minimal", inputs=["x", "n"], outputs=["sum"])
+    def restart_minimal(x: int, n: int):  # type: ignore[no-untyped-def]
+        a = triple(x=x, _id="a")
+        b = triple(x=n)
+        c = combine(a=a.value, b=b.value, _after=[a, b], _id="combine_3")
+        return {"sum": c.sum}
+
+    tg = restart_minimal()  # AetherGraph builds the graph first, then runs it with inputs
+    assert run(tg, inputs={"x": 2, "n": 5}) == {"sum": 21}
+    assert run(restart_minimal.build(), inputs={"x": 1, "n": 1}) == {"sum": 6}
