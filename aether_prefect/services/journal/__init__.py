@@ -109,12 +109,13 @@ async def _live(kind: str, svc: Any, fn: Callable[..., Awaitable[Any]], journal:
     finally:
         _inside.reset(inside)
     if kind == "mcp.call":
-        await journal.record(Entry(kind=kind, position=position, fingerprint=fp, result=result), _secrets(svc))
+        await journal.record(Entry(kind=kind, position=position, fingerprint=fp, result=result),
+                             journal.needles(svc, lambda: _secrets(svc)))
         return result
     usage = [(p, m, u.prompt_tokens, u.completion_tokens, u.total_tokens) for p, m, u in sink]
     entry = Entry(kind=kind, position=position, fingerprint=fp, result=result, usage=usage, pieces=pieces,
                   last_response=reply)
-    await journal.record(entry, _secrets(svc))
+    await journal.record(entry, journal.needles(svc, lambda: _secrets(svc)))
     return result
 
 
@@ -169,12 +170,13 @@ async def _replay(kind: str, svc: Any, entry: Entry, arguments: dict[str, Any]) 
     return entry.result
 
 
-def _secrets(svc: Any) -> list[str]:
-    """Every secret value the service could have seen (its block and the context's config)."""
+def _secrets(svc: Any) -> set[str]:
+    """Every secret value the service could have seen (its block and the context's config); walked once per
+    service object and attempt (the journal caches the result)."""
     from aether_prefect.services.llm import secret_values
 
     block = svc.server if hasattr(svc, "server") and not hasattr(svc, "profile") else svc.profile
-    return sorted(secret_values(block) | secret_values(svc.ctx.config), key=len, reverse=True)
+    return secret_values(block) | secret_values(svc.ctx.config)
 
 
 __all__ = ["ENV_REPLAY_FROM", "PREFIX", "RETENTION_S", "journaled", "prune"]

@@ -1,4 +1,9 @@
-"""One journal entry: the fingerprint of a request and the recorded result of the call that succeeded."""
+"""One journal entry: the fingerprint of a request and the recorded result of the call that succeeded.
+
+Stored as ``<sha256 of the JSON>\n<JSON>``: the journal writes entries without fsync (a lost entry only means
+paying for the call again), so after a machine crash a file may hold partial or zeroed bytes; the digest makes
+sure such a torn entry is never replayed.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-#: Entry format version; an entry of another version is never replayed.
-VERSION = 1
+#: Entry format version; an entry of another version is never replayed (2: digest-framed).
+VERSION = 2
 
 
 def fingerprint(request: dict[str, Any]) -> str:
@@ -44,22 +49,36 @@ class Entry(BaseModel):
     pieces: list[str] | None = None
     last_response: Any = None
 
-    def encode(self, secrets: Iterable[str]) -> bytes | None:
-        """The entry as JSON bytes, or None when a secret value appears in it (then it is not journaled)."""
+    def encode(self, needles: Iterable[str]) -> bytes | None:
+        """The entry as digest-framed JSON bytes, or None when a needle (a secret as written in JSON, see
+        :func:`secret_needles`) appears in it (then it is not journaled)."""
         try:
-            data = self.model_dump_json().encode()
+            text = self.model_dump_json()
         except (TypeError, ValueError):
             return None  # a result JSON cannot hold: the call stays live on retries
-        text = data.decode()
-        if any(s and len(s) >= 4 and (s in text or json.dumps(s)[1:-1] in text) for s in secrets):
+        if any(n in text for n in needles):
             return None
-        return data
+        data = text.encode()
+        return hashlib.sha256(data).hexdigest().encode() + b"\n" + data
 
     @classmethod
     def decode(cls, data: bytes) -> "Entry | None":
-        """The entry in ``data``, None when it is unreadable or of another format version."""
+        """The entry in ``data``, None when it is torn, unreadable or of another format version."""
+        digest, sep, body = data.partition(b"\n")
+        if not sep or hashlib.sha256(body).hexdigest().encode() != digest:
+            return None
         try:
-            entry = cls.model_validate_json(data)
+            entry = cls.model_validate_json(body)
         except ValueError:
             return None
         return entry if entry.v == VERSION else None
+
+
+def secret_needles(secrets: Iterable[str]) -> list[str]:
+    """What to look for in an encoded entry: every secret of 4+ characters, raw and JSON-escaped."""
+    out: dict[str, None] = {}
+    for s in sorted(secrets, key=len, reverse=True):
+        if s and len(s) >= 4:
+            out[s] = None
+            out[json.dumps(s)[1:-1]] = None
+    return list(out)

@@ -3,22 +3,31 @@
 Entries live at ``journal/<flow run>/<task key>/<params hash>-<ordinal>/<position>.json`` in the object store.
 The ordinal is claimed per flow attempt with an atomic create (``journal/<flow run>/claims/...``), so the n-th
 run of a task with these parameters gets journal n in every attempt of the flow run, on any worker; a task
-retry finds its own claim. The first lookup lists the journal once; a position not listed is live without a
-read. Store calls are blocking (boto3, file I/O), so they run in a worker thread.
+retry finds its own claim.
+
+Cost per call: the first lookup of an attempt claims the ordinal and reads the whole journal in one worker-thread
+hop; every later lookup is a dict lookup. An entry is written once its call succeeded, off the call's path: a
+background thread puts it (``put_small``: on a local store temp file + rename without fsync, as creating a file
+alone can cost a third of a loopback call on a busy disk; on S3 an ordinary atomic PUT), and the attempt waits
+for those puts when its context closes, before the task reports its result. What a crash can do: lose an entry
+(the call is paid again), never leave a torn one that replays (the put is atomic, and every entry carries a
+digest checked on read, for what a machine crash leaves of an unflushed file).
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from aether_prefect._prefect import DurableIdentity, durable_identity
-from aether_prefect.services.journal._entry import Entry
+from aether_prefect.services.journal._entry import Entry, secret_needles
 from aether_prefect.services.stores.base import ObjectNotFound
 
 if TYPE_CHECKING:
@@ -69,6 +78,38 @@ def entry_key(base: str, position: int) -> str:
     return f"{base}{position:06d}.json"
 
 
+class _Writer:
+    """One attempt's background writer: a daemon thread putting entries in order, started on the first entry.
+
+    A queue hand-off costs the calling loop about a microsecond (a pool's submit costs tens), and one thread per
+    attempt keeps a slow store of one task from delaying the entries of another. The thread exits at
+    :meth:`drain`; if the context is never closed, whatever it had not written is lost (paid again on a retry).
+    """
+
+    def __init__(self, put: Callable[["ObjectStore", str, Entry, bytes], bool]) -> None:
+        self._put = put
+        self._queue: queue.SimpleQueue[tuple[ObjectStore, str, Entry, bytes] | None] = queue.SimpleQueue()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aether-journal", daemon=True)
+        self._thread.start()
+
+    def submit(self, store: "ObjectStore", key: str, entry: Entry, data: bytes) -> None:
+        self._queue.put((store, key, entry, data))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            try:
+                self._put(*item)
+            except BaseException:  # noqa: BLE001, S110 - _put logs its failures; drain must never wait forever
+                pass
+        self._done.set()
+
+    def drain(self) -> None:
+        """Block until every submitted entry is written, then stop the thread."""
+        self._queue.put(None)
+        self._done.wait()
+
+
 class Journal:
     """Calls of one context in order; replays the recorded ones until the first fingerprint mismatch."""
 
@@ -79,10 +120,13 @@ class Journal:
         self._write = self._read = ""  # set by the first lookup, once the ordinal is claimed
         self._next = 0
         self._replaying = True
-        self._known: set[int] | None = None
+        self._entries: dict[int, Entry] | None = None  # the read folder's entries, loaded once per attempt
         self._lock = threading.Lock()  # positions and the replay switch
-        self._list_lock = threading.Lock()  # the one listing (held in a worker thread only)
+        self._load_lock = threading.Lock()  # the one load (held in a worker thread only)
         self._broken = False
+        self._object_store: ObjectStore | None = None
+        self._writer: _Writer | None = None
+        self._needles: dict[int, tuple[Any, list[str]]] = {}
 
     def _off(self, why: str) -> None:
         """The store failed: no replay, no journaling for the rest of this attempt (logged once)."""
@@ -106,47 +150,55 @@ class Journal:
             position, self._next = self._next, self._next + 1
         return position
 
-    def _store(self) -> "ObjectStore":
-        return self._ctx.store()
+    def needles(self, svc: Any, secrets: Callable[[], Iterable[str]]) -> list[str]:
+        """The secret needles of ``svc`` (``secrets()`` computed once per service object of this attempt)."""
+        cached = self._needles.get(id(svc))
+        if cached is None or cached[0] is not svc:  # holding svc keeps its id from being reused
+            cached = self._needles[id(svc)] = (svc, secret_needles(secrets()))
+        return cached[1]
 
-    def _listed(self) -> set[int]:
-        """Positions recorded under the read folder (listed once per attempt)."""
-        with self._list_lock:
-            if self._known is None:
+    def _store(self) -> "ObjectStore":
+        if self._object_store is None:
+            self._object_store = self._ctx.store()
+        return self._object_store
+
+    def _load(self) -> dict[int, Entry]:
+        """Claim the ordinal and read every replayable entry of the read folder (once per attempt, in a thread)."""
+        with self._load_lock:
+            if self._entries is None:
                 assert self.identity is not None
-                ordinal = claim_ordinal(self._store(), self.identity)
+                store = self._store()
+                ordinal = claim_ordinal(store, self.identity)
                 self._write = folder(self.identity, ordinal)
                 source = self.identity.with_flow_run(self._source) if self._source else self.identity
                 self._read = folder(source, ordinal)
-                known = set()
-                for key in self._store().list_keys(self._read):
+                entries: dict[int, Entry] = {}
+                now = time.time()
+                for key in list(store.list_keys(self._read)):
                     stem = key.rsplit("/", 1)[-1].removesuffix(".json")
-                    if stem.isdigit():
-                        known.add(int(stem))
-                self._known = known
-            return self._known
-
-    def _read_entry(self, position: int) -> Entry | None:
-        if position not in self._listed():
-            return None
-        try:
-            data = self._store().get_bytes(entry_key(self._read, position))
-        except ObjectNotFound:
-            return None
-        entry = Entry.decode(data)
-        if entry is None or entry.position != position or time.time() - entry.created > RETENTION_S:
-            return None
-        return entry
+                    if not stem.isdigit():
+                        continue
+                    try:
+                        entry = Entry.decode(store.get_bytes(key))
+                    except ObjectNotFound:
+                        continue
+                    if entry is not None and entry.position == int(stem) and now - entry.created <= RETENTION_S:
+                        entries[entry.position] = entry
+                self._entries = entries
+            return self._entries
 
     async def lookup(self, position: int, fingerprint: str, what: str) -> Entry | None:
         """The recorded entry to replay at ``position``, or None (go live). A mismatch ends replay, logged once."""
-        if not self._replaying or (self._known is not None and position not in self._known):
-            return None  # nothing recorded there: no thread hop, no read
-        try:
-            entry = await anyio.to_thread.run_sync(self._read_entry, position)
-        except Exception as exc:  # noqa: BLE001 - a journal the store cannot serve means live calls, not a failure
-            self._off(f"cannot read the journal: {type(exc).__name__}")
+        if not self._replaying:
             return None
+        entries = self._entries
+        if entries is None:
+            try:
+                entries = await anyio.to_thread.run_sync(self._load)
+            except Exception as exc:  # noqa: BLE001 - a journal the store cannot serve means live calls, not a failure
+                self._off(f"cannot read the journal: {type(exc).__name__}")
+                return None
+        entry = entries.pop(position, None)  # each position is looked up once per attempt: free it
         if entry is None:
             return None
         if entry.fingerprint != fingerprint:
@@ -159,28 +211,45 @@ class Journal:
             return None
         return entry
 
-    async def record(self, entry: Entry, secrets: list[str]) -> bool:
-        """Write ``entry`` (atomic put) after its call succeeded; False when it was not journaled."""
+    async def record(self, entry: Entry, needles: list[str]) -> bool:
+        """Start writing ``entry`` (atomic put, in a background thread) after its call succeeded; False when it is
+        not journaled. :meth:`aclose` waits for the write, so it is stored before the task reports its result.
+        """
         if self._broken:
             return False
-        data = entry.encode(secrets)
-        if data is not None and not self._write:  # no lookup ran yet (replay ended before): claim the ordinal now
-            try:
-                await anyio.to_thread.run_sync(self._listed)
-            except Exception as exc:  # noqa: BLE001 - see lookup
-                self._off(f"cannot claim a journal: {type(exc).__name__}")
-                return False
+        data = entry.encode(needles)
         if data is None:
             self._ctx.logger().debug("call journal: %s at position %d not journaled (a secret in it, or not JSON)",
                                      entry.kind, entry.position)
             return False
+        if not self._write:  # no lookup ran yet (replay ended before): claim the ordinal now
+            try:
+                await anyio.to_thread.run_sync(self._load)
+            except Exception as exc:  # noqa: BLE001 - see lookup
+                self._off(f"cannot claim a journal: {type(exc).__name__}")
+                return False
+        if self._writer is None:
+            self._writer = _Writer(self._put)
+        self._writer.submit(self._store(), entry_key(self._write, entry.position), entry, data)
+        return True
+
+    def _put(self, store: "ObjectStore", key: str, entry: Entry, data: bytes) -> bool:
         try:
-            await anyio.to_thread.run_sync(self._store().put_bytes, entry_key(self._write, entry.position), data)
+            getattr(store, "put_small", store.put_bytes)(key, data)  # an injected store may lack put_small
         except Exception as exc:  # noqa: BLE001 - a paid-for result must not be lost to a journal failure
             self._ctx.logger().warning("call journal: could not record %s at position %d: %s",
                                        entry.kind, entry.position, type(exc).__name__)
             return False
         return True
+
+    async def aclose(self) -> None:
+        """Wait for the entries still being written, so they are stored before the task reports its result.
+
+        Example: ``await journal.aclose()  # the context does this when the attempt ends``
+        """
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            await anyio.to_thread.run_sync(writer.drain)
 
 
 def journal_of(ctx: "NodeContext") -> Journal:

@@ -74,6 +74,17 @@ class ObjectStore(ABC):
         Example: ``context.store().put_bytes("notes/a.txt", b"hi", content_type="text/plain")``
         """
 
+    def put_small(self, key: str, data: bytes) -> None:
+        """Write a small object at ``key`` atomically, skipping the flush to disk where the store has one.
+
+        Another process never sees a partial object, and a crash of this process loses nothing written; but after
+        a crash of the machine the object may be missing or hold partial bytes, so a caller must verify what it
+        reads back (the call journal frames entries with a digest). Default: :meth:`put_bytes`.
+
+        Example: ``store.put_small("journal/run/task/0-0/000000.json", framed_entry)``
+        """
+        self.put_bytes(key, data)
+
     @abstractmethod
     def put_file_addressed(
         self, path: Path, key_of: Callable[[str], str], *, content_type: str | None = None

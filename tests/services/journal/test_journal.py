@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from aether_prefect.errors import ValidationError
 from aether_prefect.services.journal import ENV_REPLAY_FROM, prune
 from aether_prefect.services.llm._usage import read_task_tables
 from aether_prefect.services.stores import open_store
+from aether_prefect.services.stores.local import LocalStore
 from tests.services.journal._counting_server import block as counting_block
 from tests.servers.openai_server import FakeOpenAI, Reply, chat_completion
 
@@ -313,8 +315,6 @@ def test_prune_removes_only_old_flow_runs(llm_server: FakeOpenAI, local_config: 
     asyncio.run(pipeline())
     store = open_store(local_config.store)
     assert prune(store) == (0, 0)  # fresh: kept
-    import time
-
     before = list(store.list_keys("journal/"))
     assert prune(store, dry_run=True, now=time.time() + 8 * 24 * 3600) == (1, len(before))
     assert list(store.list_keys("journal/")) == before
@@ -398,3 +398,76 @@ def test_a_failing_store_means_live_calls_not_a_failed_task(llm_server: FakeOpen
         assert asyncio.run(pipeline()) == "echo: still answered"
     assert _chat_requests(llm_server) == 4  # no journal: both attempts paid, neither failed because of it
     assert sum("call journal off" in r.getMessage() for r in caplog.records) == 2  # once per attempt
+
+
+class _SlowStore(LocalStore):
+    """A local store whose small puts take a while (a slow disk or bucket): the attempt must wait for them."""
+
+    def put_small(self, key: str, data: bytes) -> None:
+        time.sleep(0.3)
+        super().put_small(key, data)
+
+
+@pytest.mark.parametrize("where", ["slow local", "s3"])
+def test_entries_are_stored_when_the_task_reports(llm_server: FakeOpenAI, local_config: AetherConfig,
+                                                  tmp_path: Path, request: pytest.FixtureRequest, where: str) -> None:
+    from aether_prefect.services.journal._entry import Entry
+
+    if where == "s3":
+        cfg = _cfg(llm_server, local_config).model_copy(update={"store": request.getfixturevalue("s3_store_block")})
+        store, task_kw = open_store(cfg.store), {}
+    else:
+        cfg = _cfg(llm_server, local_config)
+        store = _SlowStore(tmp_path / "slow")
+        task_kw = {"store": store}
+
+    @aether_task(config=cfg, **task_kw)
+    async def three(*, context: NodeContext) -> None:
+        for i in range(3):
+            await context.llm().chat(f"kept {i}")
+
+    @flow
+    async def pipeline() -> None:
+        await three()
+
+    asyncio.run(pipeline())
+    keys = [k for k in store.list_keys("journal/") if k.endswith(".json")]  # written in the background, waited for
+    entries = [Entry.decode(store.get_bytes(k)) for k in keys]
+    assert sorted(e.position for e in entries if e is not None) == [0, 1, 2]
+
+
+def test_a_torn_entry_never_replays(llm_server: FakeOpenAI, local_config: AetherConfig,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a machine crash can leave of an unflushed entry (cut short, or zeroed) goes live; the rest replays."""
+    cfg = _cfg(llm_server, local_config)
+
+    @aether_task(config=cfg)
+    async def chain(*, context: NodeContext) -> list[str]:
+        return [(await context.llm().chat(f"link {i}"))[0] for i in range(3)]
+
+    @flow
+    async def pipeline() -> tuple[str, list[str]]:
+        return str(runtime_flow_run.id), await chain()
+
+    first_id, first = asyncio.run(pipeline())
+    store = open_store(local_config.store)
+    keys = sorted(k for k in store.list_keys("journal/") if k.endswith(".json"))
+    assert len(keys) == 3
+    whole = store.get_bytes(keys[1])
+    store.put_bytes(keys[1], whole[: len(whole) - 7])  # cut short
+    store.put_bytes(keys[2], b"\0" * len(store.get_bytes(keys[2])))  # zeroed
+    monkeypatch.setenv(ENV_REPLAY_FROM, first_id)
+    _, again = asyncio.run(pipeline())
+    assert again == first
+    assert [r.json["messages"][-1]["content"] for r in llm_server.requests[3:]] == ["link 1", "link 2"]
+
+
+def test_entry_decode_rejects_every_partial_or_altered_blob() -> None:
+    from aether_prefect.services.journal._entry import Entry
+
+    blob = Entry(kind="chat", position=0, fingerprint="f" * 64, result=["text", {"total_tokens": 3}]).encode([])
+    assert blob is not None and Entry.decode(blob) is not None
+    assert all(Entry.decode(blob[:n]) is None for n in range(len(blob)))
+    assert all(Entry.decode(blob[:n] + b"#" + blob[n + 1:]) is None for n in range(len(blob)) if blob[n:n + 1] != b"#")
+    legacy = blob.partition(b"\n")[2]  # an entry of format 1 (no digest) is not replayed
+    assert Entry.decode(legacy) is None

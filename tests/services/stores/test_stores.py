@@ -192,3 +192,32 @@ def test_s3_wrong_bucket_is_a_store_error(s3_store_block) -> None:  # type: igno
     # The block's credentials reach boto3 directly: never the message, never the process environment.
     assert SECRET_KEY not in str(info.value) and SECRET_KEY not in repr(info.value)
     assert SECRET_KEY not in os.environ.values()
+
+
+def test_put_small_is_atomic_and_leaves_no_temp_file(store: ObjectStore) -> None:
+    """put_small (no fsync on a local store) still commits whole objects only: new folders, overwrites, readers."""
+    store.put_small("small/new/folder/k", b"first")
+    assert store.get_bytes("small/new/folder/k") == b"first"
+    a, b = b"a" * (256 * 1024), b"b" * (256 * 1024)
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set() and i < 40:
+            store.put_small("small/new/folder/k", b if i % 2 else a)
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        seen = [store.get_bytes("small/new/folder/k") for _ in range(40)]
+    finally:
+        stop.set()
+        t.join()
+    assert all(data in (b"first", a, b) for data in seen)
+    assert list(store.list_keys("small/")) == ["small/new/folder/k"]
+    if isinstance(store, LocalStore):
+        assert not any((store.root / ".tmp").glob("*"))
+        with pytest.raises(OSError):  # a folder where the object should go: an error, and no temp file left
+            store.put_small("small/new", b"x")
+        assert not any((store.root / ".tmp").glob("*"))
