@@ -42,6 +42,7 @@ from aether_prefect._registration import (
     set_rag_index_backend,
     set_rag_llm_client,
 )
+from aether_prefect._runtime_services import current_services
 from aether_prefect.context import NodeContext, current_context
 from aether_prefect.server import start_server, stop_server
 from aether_prefect.services.base import Service, register_context_service
@@ -322,6 +323,9 @@ async def ask_approval(prompt: str, options: Iterable[str] = ("Approve", "Reject
     return dict(await current_context().channel().ask_approval(prompt, options=tuple(options), **kw))
 
 
+#: AetherGraph's ``aethergraph.server.start.start`` (``from aethergraph.server import start``): the same call.
+start = start_server
+
 __all__ = [
     "GraphFunction",
     "GraphifyFunction",
@@ -335,6 +339,7 @@ __all__ = [
     "ask_approval",
     "ask_text",
     "current_context",
+    "current_services",
     "graph_fn",
     "graphify",
     "list_mcp_clients",
@@ -351,6 +356,7 @@ __all__ = [
     "set_mcp_service",
     "set_rag_index_backend",
     "set_rag_llm_client",
+    "start",
     "start_server",
     "stop_server",
     "tool",

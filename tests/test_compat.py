@@ -452,3 +452,47 @@ def test_graphify_output_named_value_is_the_output() -> None:
     tg = restart_minimal()  # AetherGraph builds the graph first, then runs it with inputs
     assert run(tg, inputs={"x": 2, "n": 5}) == {"sum": 21}
     assert run(restart_minimal.build(), inputs={"x": 1, "n": 1}) == {"sum": 6}
+
+
+# -- 7. channel keys: AetherGraph's file channel ---------------------------------------------------------
+
+
+async def test_file_channel_appends_messages_and_refuses_questions(local_config: AetherConfig, tmp_path: Path) -> None:
+    from aether_prefect.errors import ChannelError
+
+    log = tmp_path / "runs" / "demo_run.log"
+    async with open_session(config=local_config) as context:
+        chan = context.channel(f"file:{log}")
+        await chan.send_text("=== Demo run started ===")
+        await chan.send_text("Step 1: loaded data\nStep 2: trained")
+        with pytest.raises(ChannelError, match="file only records"):
+            await chan.ask_text("Name?")
+    lines = log.read_text(encoding="utf-8").splitlines()
+    assert [ln.split("] ", 1)[1] for ln in lines] == ["=== Demo run started ===", "Step 1: loaded data", "Step 2: trained"]
+    with pytest.raises(ValidationError, match="file:<path>"):
+        async with open_session(config=local_config) as context:
+            context.channel("file:")
+
+
+# -- AetherGraph's container and module names: current_services(), aethergraph.server.start ------------------
+
+
+async def test_current_services_configures_this_process(local_config: AetherConfig, llm_server) -> None:  # type: ignore[no-untyped-def]
+    from aether_prefect.compat import current_services, start, start_server
+
+    assert start is start_server  # `from aethergraph.server.start import start`
+    svc = current_services()
+    svc.channels.set_default_channel_key("console:stdin")
+    svc.channels.register_alias("ops", "ui")
+    svc.llm.configure_profile("fast", provider="openai", model="fake-chat", base_url=llm_server.base_url,
+                              api_key=llm_server.api_key)
+    settings = svc.rag.set_index_backend("faiss", dim=8)
+    assert settings.dim == 8 and svc.channels.get_default_channel_key() == "console:stdin"
+    async with open_session(config=local_config) as context:
+        assert context.channel().channel_key == "console:stdin" and context.channel("ops").channel_key == "ui"
+        text, _usage = await context.llm("fast").chat([{"role": "user", "content": "hi"}])
+        assert text  # a real request to the loopback server with the configured profile
+    with pytest.raises(ValidationError):
+        svc.channels.set_default_channel_key("slack:team/T:chan/C")  # a channel we do not have
+    with pytest.raises(AttributeError, match="channels, llm, rag"):
+        svc.artifacts  # noqa: B018 - no such container part on Prefect: said, not faked

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aether_prefect.errors import ChannelError, ValidationError
 from aether_prefect.services.base import BoundService
-from aether_prefect.services.channel import _console, _notify, _questions
+from aether_prefect.services.channel import _console, _file, _notify, _questions
 from aether_prefect.services.channel._inbox import PendingQuestion, aanswer, answer, apending_questions, pending_questions
 from aether_prefect.services.channel._forms import (
     ChoiceResult,
@@ -53,10 +53,13 @@ def _check_key(channel_key: Any) -> str | None:
         return key.lower()
     if key.startswith("notify:") and key.count("/") == 1 and all(key[len("notify:"):].split("/")):
         return key
+    if _file.is_file_key(key) and key[len(_file.PREFIX):].strip():
+        return key
     raise ValidationError(
         f"unknown channel {key!r}: use None or 'ui' (the Prefect UI, plus AetherConfig.notify; the default), "
-        "'console' (the terminal), 'notify' (the UI, announced through AetherConfig.notify) or "
-        "'notify:<block-type-slug>/<name>' (the UI, announced through that saved notification block)"
+        "'console' (the terminal), 'notify' (the UI, announced through AetherConfig.notify), "
+        "'notify:<block-type-slug>/<name>' (the UI, announced through that saved notification block) or "
+        "'file:<path>' (messages appended to that file)"
     )
 
 
@@ -79,6 +82,8 @@ class ChannelService(BoundService):
     async def send_text(self, text: str, *, meta: Mapping[str, Any] | None = None, notify: bool = False) -> None:
         """Write ``text`` as a line of the run's log (visible in the UI) and a ``chat.turn`` (assistant) in memory.
 
+        On a ``file:<path>`` channel the text is also appended to that file (a timestamped line per line).
+
         ``meta`` goes with the log record (``extra={"channel_meta": meta}``). ``notify=True`` also sends it
         (secrets masked) through the configured notification blocks; a failed notification is only logged.
 
@@ -91,6 +96,8 @@ class ChannelService(BoundService):
         if meta is not None and not isinstance(meta, Mapping):
             raise ValidationError(f"meta must be a mapping or None, got {type(meta).__name__}")
         self.ctx.logger().info(text, extra={"channel_meta": dict(meta) if meta else None})
+        if _file.is_file_key(self.channel_key):
+            await _file.append(str(self.channel_key), text)
         if notify:
             await self._announce_message(text)
         await self._remember("assistant", text)
@@ -245,6 +252,9 @@ class ChannelService(BoundService):
         from aether_prefect._prefect import api_url
 
         key = _check_key(channel) if channel is not None else self.channel_key
+        if _file.is_file_key(key):
+            raise ChannelError(f"cannot ask {short(prompt)!r} on the file channel {key!r}: a file only records "
+                               "messages; ask on the default channel (the Prefect UI) or 'console'")
         if key in _CONSOLE_KEYS:
             if not _console.stdin_is_tty():
                 raise ChannelError(f"cannot ask {short(prompt)!r} on the console: stdin is not a terminal")
