@@ -534,7 +534,7 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         want = _check_labels(labels)
         seen: set[str] = set()
         hits: list[Artifact] = []
-        for rec in await anyio.to_thread.run_sync(self._view_records, v, kind, want):
+        for rec in await anyio.to_thread.run_sync(self._view_records, v, kind, want, metric):
             if rec.artifact_id in seen:
                 continue
             if kind is not None and rec.kind != kind:
@@ -584,15 +584,29 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         await anyio.to_thread.run_sync(parts_for(self.store).write_pin, artifact_id)
         return rec.model_copy(update={"pinned": True})
 
-    def _view_records(self, view: str, kind: str | None, labels: dict[str, Any]) -> list[Artifact]:
-        """Records that may be in ``view``, newest first: only the partitions the view needs are read."""
+    def _view_records(self, view: str, kind: str | None, labels: dict[str, Any], metric: str | None = None) -> list[Artifact]:
+        """Records that may be in ``view``, newest first: only the partitions the view needs are read, and only
+        the raw records matching ``kind``/``labels``/``metric`` are validated into Artifacts."""
         ctx, index = self.ctx, parts_for(self.store)
+        node = ctx.node_id if view == "node" else None
+
+        def where(raw: dict[str, Any]) -> bool:
+            if kind is not None and raw.get("kind") != kind:
+                return False
+            if node is not None and raw.get("node_id") != node:
+                return False
+            if metric is not None and metric not in (raw.get("metrics") or ()):
+                return False
+            have = raw.get("labels") or {}
+            return not labels or (isinstance(have, dict) and all(
+                k in have and _label_match(have[k], w) for k, w in labels.items()))
+
         if view in ("run", "node"):
-            pairs = index.run_records(ctx.graph_id, ctx.run_id)
+            pairs = index.run_records(ctx.graph_id, ctx.run_id, where)
         elif view == "graph":
-            pairs = index.graph_records(ctx.graph_id)
+            pairs = index.graph_records(ctx.graph_id, where)
         else:
-            pairs = index.all_records()
+            pairs = index.all_records(where)
         recs = [rec for _key, rec in pairs]
         legacy = legacy_index(self.store)
         if legacy is not None:  # a store written by the old layout and not migrated: read both

@@ -23,15 +23,17 @@ process caches the partitions it queried and, on each query, lists only those pa
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
-from aether_prefect.services.artifacts._index import ROOT, Artifact, ArtifactIndex, IndexEvent
+import orjson
+from pydantic import ValidationError as PydanticValidationError
+
+from aether_prefect.services.artifacts._index import ROOT, Artifact, IndexEvent
 from aether_prefect.services.stores._per_store import PerStore
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 
@@ -46,6 +48,8 @@ _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 _POOL = 16
 
 Part = tuple[str, str]  # (graph part, run part) as they appear in keys
+#: A filter on an add event's raw record (parsed JSON), applied before validation.
+Where = Callable[[dict[str, Any]], bool]
 
 
 def enc(tag: str, value: str | None) -> str:
@@ -76,25 +80,102 @@ def _part_of_key(key: str) -> Part:
 
 
 def _dumps(raw: dict[str, Any]) -> bytes:
-    return json.dumps(raw, separators=(",", ":")).encode()
+    return orjson.dumps(raw)
 
 
-class _Partition(ArtifactIndex):
-    """One run's events in memory, folded exactly as the whole-store index folds them (retried saves...)."""
+def _canon(value: Any) -> str:
+    """A cheap canonical text of a labels/metrics dict (keys sorted) for telling repeated saves apart."""
+    return repr(sorted(value.items())) if isinstance(value, dict) else repr(value)
 
-    def __init__(self, store: ObjectStore, part: Part) -> None:
-        super().__init__(store)
+
+class _Partition:
+    """One run's events in memory, folded as the whole-store index folds them (a retried save is one entry).
+
+    Add records stay parsed JSON until a query returns them: a query filters the raw dicts first and validates
+    only its hits into :class:`Artifact` (cached), so a graph of 10,000 records costs 10,000 dict checks, not
+    10,000 pydantic validations.
+    """
+
+    def __init__(self, part: Part) -> None:
         self.part = part
-        self.raw: dict[str, dict[str, Any]] = {}
+        self.raw: dict[str, dict[str, Any]] = {}  # every event by key (what a segment holds)
+        self._adds: dict[str, dict[str, Any]] = {}  # kept add key -> raw record
+        self._prefect: dict[str, str] = {}  # kept add key -> Prefect artifact id
+        self._alias: dict[str, str] = {}  # add key of a repeated save -> the add key kept for it
+        self._by_sha: dict[str, list[str]] = {}  # artifact id -> its kept add keys
+        self._valid: dict[str, tuple[str | None, Artifact | None]] = {}  # add key -> (prefect id, record)
         self.fetched = 0  # events fetched one by one since the last segment
         self.seg_count = 0
 
+    @property
+    def _seen(self) -> dict[str, dict[str, Any]]:
+        return self.raw
+
     def _apply(self, key: str, raw: dict[str, Any]) -> None:
-        if key in self._seen:
+        if key in self.raw or not isinstance(raw, dict):
             return
-        super()._apply(key, raw)
-        self._loose.pop(key, None)
         self.raw[key] = raw
+        op = raw.get("op")
+        rec = raw.get("record")
+        if op == "add" and isinstance(rec, dict):
+            self._add(key, rec)
+        elif op == "prefect" and raw.get("ref") and raw.get("prefect_artifact_id"):
+            self._prefect[self._alias.get(raw["ref"], raw["ref"])] = raw["prefect_artifact_id"]
+
+    @staticmethod
+    def _ident(rec: dict[str, Any]) -> tuple[Any, ...]:
+        """What makes two add events the same save: same bytes, scope, kind, name, labels and metrics."""
+        g = rec.get
+        return (g("run_id"), g("graph_id"), g("node_id"), g("kind"), g("name"),
+                _canon(g("labels") or {}), _canon(g("metrics") or {}))
+
+    def _add(self, key: str, rec: dict[str, Any]) -> None:
+        """Keep an add event, folding a repeat of the same save (a retry whose first write did land) into the
+        earliest one. Only adds of the same artifact id are compared, so the common case is one dict lookup."""
+        sha = rec.get("artifact_id")
+        same = self._by_sha.setdefault(sha if isinstance(sha, str) else repr(sha), [])
+        kept = None
+        if same:
+            ident = self._ident(rec)
+            kept = next((k for k in same if self._ident(self._adds[k]) == ident), None)
+        if kept is not None and kept < key:  # a repeat of a save already kept
+            self._alias[key] = kept
+            if key in self._prefect and kept not in self._prefect:
+                self._prefect[kept] = self._prefect.pop(key)
+            return
+        if kept is not None:  # an earlier writer's event arrived late: it becomes the kept one
+            del self._adds[kept]
+            same.remove(kept)
+            self._alias[kept] = key
+            if kept in self._prefect and key not in self._prefect:
+                self._prefect[key] = self._prefect.pop(kept)
+        same.append(key)
+        self._adds[key] = rec
+
+    def record(self, key: str) -> Artifact | None:
+        """The validated record of the kept add ``key`` with its Prefect link (None if it is not a record)."""
+        pid = self._prefect.get(key)
+        hit = self._valid.get(key)
+        if hit is not None and hit[0] == pid:
+            return hit[1]
+        try:
+            rec: Artifact | None = Artifact.model_validate(self._adds[key])
+        except PydanticValidationError:
+            rec = None  # a foreign or damaged object: not an artifact record
+        if rec is not None and pid and pid != rec.prefect_artifact_id:
+            rec = rec.model_copy(update={"prefect_artifact_id": pid})
+        self._valid[key] = (pid, rec)
+        return rec
+
+    def records(self, where: Where | None = None) -> list[tuple[str, Artifact]]:
+        """(key, record) of the kept adds whose raw record passes ``where``, oldest first."""
+        out = []
+        for key in sorted(self._adds):
+            if where is None or where(self._adds[key]):
+                rec = self.record(key)
+                if rec is not None:
+                    out.append((key, rec))
+        return out
 
 
 class PartitionedIndex:
@@ -140,24 +221,24 @@ class PartitionedIndex:
 
     # -- reads --------------------------------------------------------------------
 
-    def run_records(self, graph_id: str | None, run_id: str | None) -> list[tuple[str, Artifact]]:
-        """(key, record) of one run, fresh from the store (one LIST of the partition + new events)."""
+    def run_records(self, graph_id: str | None, run_id: str | None, where: Where | None = None) -> list[tuple[str, Artifact]]:
+        """(key, record) of one run passing ``where``, fresh from the store (one LIST of the partition + new events)."""
         part = part_of(graph_id, run_id)
         prefix = f"{RUNS}/{part[0]}/{part[1]}/"
         with self._lock:
             fresh = part not in self._parts
         segs = self._list(f"{SEGS}/{part[0]}/{part[1]}/") if fresh else []
         self._refresh({part: list(self._list(prefix))}, {part: segs})
-        return self._records([part])
+        return self._records([part], where)
 
-    def graph_records(self, graph_id: str | None) -> list[tuple[str, Artifact]]:
-        """(key, record) of every run of ``graph_id``."""
+    def graph_records(self, graph_id: str | None, where: Where | None = None) -> list[tuple[str, Artifact]]:
+        """(key, record) of every run of ``graph_id`` passing ``where``."""
         g = enc("g", graph_id)
-        return self._scan(f"{RUNS}/{g}/", f"{SEGS}/{g}/")
+        return self._scan(f"{RUNS}/{g}/", f"{SEGS}/{g}/", where)
 
-    def all_records(self) -> list[tuple[str, Artifact]]:
-        """(key, record) of every run of every graph (the whole history)."""
-        return self._scan(f"{RUNS}/", f"{SEGS}/")
+    def all_records(self, where: Where | None = None) -> list[tuple[str, Artifact]]:
+        """(key, record) of every run of every graph passing ``where`` (reads the whole history)."""
+        return self._scan(f"{RUNS}/", f"{SEGS}/", where)
 
     def get(self, artifact_id: str) -> Artifact | None:
         """The newest record of ``artifact_id``: one LIST of its id prefix, then its run's partition."""
@@ -180,7 +261,7 @@ class PartitionedIndex:
                 p = self._parts[part]
                 kept = p._alias.get(ref, ref)
                 if kept in p._adds:
-                    return dict(self._records([part]))[kept]
+                    return p.record(kept)
         return None
 
     def pinned(self, artifact_ids: Iterable[str]) -> set[str]:
@@ -198,7 +279,7 @@ class PartitionedIndex:
     def _list(self, prefix: str) -> list[str]:
         return list(self._store.list_keys(prefix))
 
-    def _scan(self, run_prefix: str, seg_prefix: str) -> list[tuple[str, Artifact]]:
+    def _scan(self, run_prefix: str, seg_prefix: str, where: Where | None) -> list[tuple[str, Artifact]]:
         by_part: dict[Part, list[str]] = {}
         for key in self._list(run_prefix):
             by_part.setdefault(_part_of_key(key), []).append(key)
@@ -210,7 +291,7 @@ class PartitionedIndex:
                 g, r, _ = key[len(SEGS) + 1 :].split("/", 2)
                 segs.setdefault((g, r), []).append(key)
         self._refresh(by_part, segs)
-        return self._records(list(by_part))
+        return self._records(list(by_part), where)
 
     def _refresh(self, keys: dict[Part, list[str]], segs: dict[Part, list[str]]) -> None:
         """Load the newest segment of each new partition, then fetch the events no one has seen yet."""
@@ -218,7 +299,7 @@ class PartitionedIndex:
             parts = {}
             for part in keys:
                 if part not in self._parts:
-                    self._parts[part] = _Partition(self._store, part)
+                    self._parts[part] = _Partition(part)
                 parts[part] = self._parts[part]
         seg_jobs = [(part, max(seg_keys)) for part, seg_keys in segs.items() if seg_keys and part in parts]
         for part, raw_seg in self._map(lambda job: (job[0], self._get_json(job[1])), seg_jobs):
@@ -253,8 +334,8 @@ class PartitionedIndex:
 
     def _get_json(self, key: str) -> dict[str, Any] | None:
         try:
-            out = json.loads(self._store.get_bytes(key))
-        except (ObjectNotFound, ValueError):
+            out = orjson.loads(self._store.get_bytes(key))
+        except (ObjectNotFound, orjson.JSONDecodeError):
             return None  # deleted or foreign object: skip
         return out if isinstance(out, dict) else None
 
@@ -264,13 +345,13 @@ class PartitionedIndex:
         with ThreadPoolExecutor(min(_POOL, len(jobs))) as pool:
             return list(pool.map(fn, jobs))
 
-    def _records(self, parts: list[Part]) -> list[tuple[str, Artifact]]:
+    def _records(self, parts: list[Part], where: Where | None = None) -> list[tuple[str, Artifact]]:
         with self._lock:
             out: list[tuple[str, Artifact]] = []
             for part in parts:
                 p = self._parts.get(part)
                 if p is not None:
-                    out.extend(p.records())
+                    out.extend(p.records(where))
         return out
 
 
