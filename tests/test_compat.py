@@ -496,3 +496,20 @@ async def test_current_services_configures_this_process(local_config: AetherConf
         svc.channels.set_default_channel_key("slack:team/T:chan/C")  # a channel we do not have
     with pytest.raises(AttributeError, match="channels, llm, rag"):
         svc.artifacts  # noqa: B018 - no such container part on Prefect: said, not faked
+
+
+async def test_registered_openai_profile_without_base_url_uses_openai_base_url(
+        local_config: AetherConfig, llm_server, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    # AetherGraph (and the OpenAI SDK) send provider="openai" without base_url to $OPENAI_BASE_URL when it is set.
+    from aether_prefect import register_llm_client
+
+    monkeypatch.setenv("OPENAI_BASE_URL", llm_server.base_url + "/")
+    register_llm_client(profile="my_openai", provider="openai", model="fake-chat", api_key=llm_server.api_key)
+    async with open_session(config=local_config) as context:
+        llm = context.llm(profile="my_openai")
+        assert llm.base_url == llm_server.base_url
+        text, _usage = await llm.chat([{"role": "user", "content": "In one sentence, what is attention?"}])
+        assert text
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    async with open_session(config=local_config) as context:
+        assert context.llm(profile="my_openai").base_url == "https://api.openai.com/v1"  # the provider's own URL

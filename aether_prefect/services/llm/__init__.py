@@ -32,7 +32,7 @@ from aether_prefect.services.llm._anthropic import Messages
 from aether_prefect.services.llm._budget import BudgetGuard, Reservation, gather_capped
 from aether_prefect.services.llm._gemini import GenerateContent
 from aether_prefect.services.llm._openai import AzureChatCompletions, AzureResponses, ChatCompletions, Responses
-from aether_prefect.services.llm._providers import PROVIDERS, ProviderSpec, provider_spec
+from aether_prefect.services.llm._providers import PROVIDERS, ProviderSpec, default_base_url, provider_spec
 from aether_prefect.services.llm._usage import Usage, UsageRow, tracker
 from aether_prefect.services.llm._wire import SSE, Adapter, ChatReply, ChatSpec, HttpCall
 
@@ -189,14 +189,15 @@ class LLMService(BoundService):
         self.last_response: dict[str, Any] | None = None
         #: Tool calls of the last chat reply, in OpenAI's shape whatever the provider.
         self.last_tool_calls: list[dict[str, Any]] = []
-        base = profile.base_url or spec.base_url
+        base = profile.base_url or default_base_url(spec.name)  # the provider's env variable, else its URL
         if base is None:
             example = ("AetherLLMProfile(provider='azure', base_url='https://<resource>.openai.azure.com', "
                        "model='<deployment>')" if spec.name == "azure" else
                        f"AetherLLMProfile(provider={spec.name!r}, base_url='http://host:port/v1')")
             raise ConfigError(
                 f"LLM profile {profile_name!r} uses provider {spec.name!r}, which has no default base_url: set "
-                f"{example} (providers with a default URL: "
+                f"{example}" + (f" or the {spec.base_url_env} environment variable" if spec.base_url_env else "") +
+                " (providers with a default URL: "
                 f"{', '.join(n for n, p in PROVIDERS.items() if p.base_url)})"
             )
         if spec.wire == "azure":

@@ -7,6 +7,7 @@ accepted before. ``context.llm_set_key`` and ``LLMService`` both read this table
 from __future__ import annotations
 
 import functools
+import os
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -25,21 +26,24 @@ class ProviderSpec:
     wire: Wire
     base_url: str | None
     embeddings: bool
+    #: The environment variable that overrides ``base_url`` when a profile sets none (AetherGraph's registry).
+    base_url_env: str | None = None
 
 
 PROVIDERS: dict[str, ProviderSpec] = {
     spec.name: spec
     for spec in (
-        ProviderSpec("openai", "OpenAI", "openai", "https://api.openai.com/v1", True),
-        ProviderSpec("azure", "Azure OpenAI", "azure", None, True),
+        ProviderSpec("openai", "OpenAI", "openai", "https://api.openai.com/v1", True, "OPENAI_BASE_URL"),
+        ProviderSpec("azure", "Azure OpenAI", "azure", None, True, "AZURE_OPENAI_ENDPOINT"),
         ProviderSpec("anthropic", "Anthropic", "anthropic", "https://api.anthropic.com", False),
         ProviderSpec("google", "Google Gemini", "gemini", "https://generativelanguage.googleapis.com", True),
-        ProviderSpec("deepseek", "DeepSeek", "openai", "https://api.deepseek.com", False),
+        ProviderSpec("deepseek", "DeepSeek", "openai", "https://api.deepseek.com", False, "DEEPSEEK_BASE_URL"),
         ProviderSpec("openrouter", "OpenRouter", "openai", "https://openrouter.ai/api/v1", True),
-        ProviderSpec("lmstudio", "LM Studio", "openai", "http://localhost:1234/v1", True),
-        ProviderSpec("ollama", "Ollama", "openai", "http://localhost:11434/v1", True),
+        ProviderSpec("lmstudio", "LM Studio", "openai", "http://localhost:1234/v1", True, "LMSTUDIO_BASE_URL"),
+        ProviderSpec("ollama", "Ollama", "openai", "http://localhost:11434/v1", True, "OLLAMA_BASE_URL"),
         ProviderSpec("vllm", "vLLM", "openai", "http://localhost:8000/v1", True),
-        ProviderSpec("openai_compatible", "OpenAI-compatible endpoint", "openai", None, True),
+        ProviderSpec("openai_compatible", "OpenAI-compatible endpoint", "openai", None, True,
+                     "OPENAI_COMPATIBLE_BASE_URL"),
     )
 }
 #: Other spellings people use for the same provider.
@@ -74,9 +78,14 @@ def provider_spec(name: str) -> ProviderSpec:
 
 
 def default_base_url(name: str) -> str | None:
-    """The provider's default base URL (None when it has none, e.g. azure, openai_compatible, unknown names)."""
+    """The provider's default base URL: its environment variable when set (``OPENAI_BASE_URL``, ...: what
+    AetherGraph and the OpenAI SDK do), else the table's URL; None when it has none (unknown names too)."""
     spec = PROVIDERS.get(ALIASES.get(name.strip().lower(), name.strip().lower()))
-    return spec.base_url if spec else None
+    if spec is None:
+        return None
+    configured = os.environ.get(spec.base_url_env, "").strip() if spec.base_url_env else ""
+    value = configured or spec.base_url
+    return value.rstrip("/") if value else None
 
 
 @functools.lru_cache(maxsize=256)
