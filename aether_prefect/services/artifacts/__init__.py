@@ -605,8 +605,9 @@ class ArtifactsService(ArtifactsCompat, BoundService):
             pairs = index.run_records(ctx.graph_id, ctx.run_id, where)
         elif view == "graph":
             pairs = index.graph_records(ctx.graph_id, where)
-        else:
-            pairs = index.all_records(where)
+        else:  # the runs whose facet markers match kind/labels, else (no filter, or an unmarked store) every run
+            facet = index.facet_records(kind, labels, where) if (kind is not None or labels) else None
+            pairs = facet if facet is not None else index.all_records(where)
         recs = [rec for _key, rec in pairs]
         legacy = legacy_index(self.store)
         if legacy is not None:  # a store written by the old layout and not migrated: read both

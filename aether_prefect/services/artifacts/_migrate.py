@@ -3,7 +3,9 @@
 A store written before the partitioned index still reads: while it holds old events and no migration marker,
 queries also consult the old whole-store index. ``migrate`` copies every old event into the partitioned
 layout under keys derived from the old ones (so a second run rewrites the same objects: safe twice), never
-deletes an old object, then writes the marker so queries stop reading the old layout.
+deletes an old object, then writes the marker so queries stop reading the old layout. It also writes the facet
+markers (kind, label values) of every partitioned record, so ``view="all"`` with ``kind=``/``labels=`` reads
+only the matching runs of a store written before the markers existed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from aether_prefect.services.artifacts._index import REC, SNAP, ArtifactIndex, index_for
-from aether_prefect.services.artifacts._parts import IDS, PINS, RUNS, V2, _dumps, part_of
+from aether_prefect.services.artifacts._parts import (
+    FACETS_COMPLETE, IDS, PINS, RUNS, V2, PartitionedIndex, _dumps, facet_markers, part_of,
+    parts_for,
+)
 from aether_prefect.services.stores.base import ObjectStore
 
 MARKER = f"{V2}/migrated.json"
@@ -55,6 +60,7 @@ class MigrationReport(BaseModel):
     prefect_links: int
     pins: int
     already_migrated: bool
+    facet_markers: int = 0
 
 
 def migrate(store: ObjectStore) -> MigrationReport:
@@ -81,11 +87,19 @@ def migrate(store: ObjectStore) -> MigrationReport:
     for aid in sorted(old._pinned):
         store.put_bytes(f"{PINS}/{aid}", b"migrated")
         pins += 1
+    markers: set[str] = set()  # every partitioned record's facet markers (kind, labels), then the mark they are complete
+    for _key, rec in PartitionedIndex(store).all_records():
+        markers.update(facet_markers(rec))
+    for marker in sorted(markers):
+        store.put_bytes(marker, b"")
+    store.put_bytes(FACETS_COMPLETE, _dumps({"since": "migrate"}), content_type="application/json")
+    parts_for(store).forget_facets()  # this process's index checks the mark again
     store.put_bytes(MARKER, _dumps({"records": records, "prefect_links": prefect_links, "pins": pins}),
                     content_type="application/json")
     with _lock:
         _absent[store] = True
-    return MigrationReport(records=records, prefect_links=prefect_links, pins=pins, already_migrated=already)
+    return MigrationReport(records=records, prefect_links=prefect_links, pins=pins, already_migrated=already,
+                           facet_markers=len(markers))
 
 
 __all__ = ["MARKER", "MigrationReport", "legacy_index", "migrate"]

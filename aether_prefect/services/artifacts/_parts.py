@@ -11,13 +11,19 @@ the prefix, and a query lists and reads only the partitions it needs:
   before the add event, so ``get_by_id`` lists one tiny prefix. A pointer whose add event never landed is
   ignored.
 - ``artifacts/index/v2/pin/<sha>``: a pin (idempotent).
+- ``artifacts/index/v2/facet/k=<kind>/<g>/<r>`` and ``.../facet/l=<label>/v=<json value>/<g>/<r>``: empty
+  markers saying "this run partition holds a record of this kind / with this label value", written (once per
+  process and run) just before the add event, so ``view="all"`` with ``kind=``/``labels=`` lists the markers
+  and reads only the runs that match. ``artifacts/index/v2/facets.json`` says every record of the store has
+  its markers (written on a store's first save, or by ``aether-prefect store migrate``); without it such a
+  query reads every partition, as before.
 - ``artifacts/index/v2/seg/g=<graph>/r=<run>/<count>-<uuid>.json``: a segment, the events of a run partition
   known to a reader that had to fetch many of them one by one. It names its keys, so a reader lists the
   partition's keys (cheap), takes the biggest segment and fetches only the keys it lacks; writer clocks do not
   matter. Segments are an optimisation: the events stay authoritative.
 
-``view="run"|"node"`` reads one partition, ``view="graph"`` the graph's partitions, ``view="all"`` every
-partition (the whole history: say ``kind=``/``labels=`` with a run or graph view to keep it small). A
+``view="run"|"node"`` reads one partition, ``view="graph"`` the graph's partitions, ``view="all"`` with
+``kind=``/``labels=`` the partitions their markers name, and ``view="all"`` alone every partition. A
 process caches the partitions it queried and, on each query, lists only those partitions again.
 """
 
@@ -42,6 +48,9 @@ RUNS = f"{V2}/run"
 IDS = f"{V2}/id"
 PINS = f"{V2}/pin"
 SEGS = f"{V2}/seg"
+FACETS = f"{V2}/facet"
+#: Present when every record of the store has its facet markers.
+FACETS_COMPLETE = f"{V2}/facets.json"
 #: Events fetched one by one in a partition before the reader writes a segment of it.
 SEGMENT_AFTER = 32
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
@@ -67,6 +76,36 @@ def enc(tag: str, value: str | None) -> str:
 
 def part_of(graph_id: str | None, run_id: str | None) -> Part:
     return enc("g", graph_id), enc("r", run_id)
+
+
+def _facet_value(value: Any) -> str:
+    """A label value as marker text; equal values (1, 1.0, True) share one text, as ``==`` matches them."""
+    if isinstance(value, bool):
+        value = int(value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return orjson.dumps(value).decode()
+
+
+def kind_prefix(kind: str) -> str:
+    """The marker folder of the run partitions holding records of ``kind``."""
+    return f"{FACETS}/{enc('k', kind)}/"
+
+
+def label_prefix(name: str, value: Any) -> str:
+    """The marker folder of the run partitions holding records whose label ``name`` is (or lists) ``value``."""
+    return f"{FACETS}/{enc('l', name)}/{enc('v', _facet_value(value))}/"
+
+
+def facet_markers(record: Artifact) -> list[str]:
+    """The marker keys a save of ``record`` writes: its kind and each label value, in its run partition."""
+    g, r = part_of(record.graph_id, record.run_id)
+    out = [f"{kind_prefix(record.kind)}{g}/{r}"]
+    for name, value in record.labels.items():
+        for v in value if isinstance(value, list) else [value]:
+            if v is None or isinstance(v, (str, int, float, bool)):
+                out.append(f"{label_prefix(name, v)}{g}/{r}")
+    return out
 
 
 def _event_key(part: Part, at: datetime | None = None) -> str:
@@ -185,6 +224,8 @@ class PartitionedIndex:
         self._store = store
         self._lock = threading.RLock()
         self._parts: dict[Part, _Partition] = {}
+        self._marked: set[str] = set()  # facet markers this process wrote (or saw written)
+        self._complete: bool | None = None  # FACETS_COMPLETE seen (None: not checked yet)
 
     # -- writes -------------------------------------------------------------------
 
@@ -193,6 +234,7 @@ class PartitionedIndex:
         part = part_of(record.graph_id, record.run_id)
         key = _event_key(part, record.created_at)
         sha = record.artifact_id
+        self._write_markers(record)
         self._store.put_bytes(f"{IDS}/{sha[:2]}/{sha}/{key.rsplit('/', 1)[1][:-5]}", key.encode())
         raw = IndexEvent(op="add", artifact_id=sha, record=record, at=record.created_at).model_dump(mode="json", exclude_none=True)
         self._store.put_bytes(key, _dumps(raw), content_type="application/json")
@@ -201,6 +243,39 @@ class PartitionedIndex:
             if p is not None:
                 p._apply(key, raw)
         return key
+
+    def _write_markers(self, record: Artifact) -> None:
+        """Facet markers of ``record`` this process has not written yet (in parallel), before its add event; on a
+        store's first save, the mark that every record has its markers."""
+        with self._lock:
+            todo = [k for k in facet_markers(record) if k not in self._marked]
+            first = self._complete is None
+        if first:
+            self._check_complete()
+        if todo:
+            self._map(lambda k: self._store.put_bytes(k, b""), todo, small=1)
+            with self._lock:
+                self._marked.update(todo)
+                if len(self._marked) > 100_000:
+                    self._marked.clear()
+
+    def forget_facets(self) -> None:
+        """Check again whether the store's facet markers are complete (after ``store migrate`` wrote them)."""
+        with self._lock:
+            self._complete = None
+
+    def _check_complete(self) -> bool:
+        """Whether the store's records all have facet markers; an empty store is marked so on its first save."""
+        with self._lock:
+            if self._complete is not None:
+                return self._complete
+        done = self._store.exists(FACETS_COMPLETE)
+        if not done and next(iter(self._store.list_keys(f"{RUNS}/")), None) is None:
+            self._store.put_bytes(FACETS_COMPLETE, _dumps({"since": "first save"}), content_type="application/json")
+            done = True
+        with self._lock:
+            self._complete = done
+        return done
 
     def write_prefect(self, add_key: str, artifact_id: str, prefect_artifact_id: str) -> None:
         """Link the add event ``add_key`` to its Prefect artifact (an event in the same partition)."""
@@ -239,6 +314,42 @@ class PartitionedIndex:
     def all_records(self, where: Where | None = None) -> list[tuple[str, Artifact]]:
         """(key, record) of every run of every graph passing ``where`` (reads the whole history)."""
         return self._scan(f"{RUNS}/", f"{SEGS}/", where)
+
+    def facet_records(self, kind: str | None, labels: dict[str, Any], where: Where | None = None) -> list[tuple[str, Artifact]] | None:
+        """(key, record) passing ``where`` from only the runs whose markers match ``kind`` and every label (a
+        list value: any of); None when the store's markers are not complete (the caller scans everything)."""
+        prefixes: list[list[str]] = []
+        if kind is not None:
+            prefixes.append([kind_prefix(kind)])
+        for name, want in labels.items():
+            values = want if isinstance(want, list) else [want]
+            if not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
+                return None
+            prefixes.append([label_prefix(name, v) for v in values])
+        if not prefixes or not self._check_complete():
+            return None
+        flat = [p for group in prefixes for p in group]
+        listed = dict(self._map(lambda p: (p, self._list(p)), flat))
+        parts: set[Part] | None = None
+        for group in prefixes:
+            found = {tuple(k[len(p):].split("/", 1)) for p in group for k in listed[p]}
+            parts = found if parts is None else parts & found  # type: ignore[operator]
+        chosen: list[Part] = sorted(parts or ())  # type: ignore[arg-type]
+        return self.parts_records(chosen, where)
+
+    def parts_records(self, parts: list[Part], where: Where | None = None) -> list[tuple[str, Artifact]]:
+        """(key, record) passing ``where`` of the run partitions ``parts`` (listed in parallel)."""
+        with self._lock:
+            fresh = {part for part in parts if part not in self._parts}
+
+        def listing(part: Part) -> tuple[Part, list[str], list[str]]:
+            g, r = part
+            segs = self._list(f"{SEGS}/{g}/{r}/") if part in fresh else []
+            return part, self._list(f"{RUNS}/{g}/{r}/"), segs
+
+        listed = self._map(listing, parts)
+        self._refresh({p: keys for p, keys, _ in listed}, {p: segs for p, _, segs in listed})
+        return self._records(parts, where)
 
     def get(self, artifact_id: str) -> Artifact | None:
         """The newest record of ``artifact_id``: one LIST of its id prefix, then its run's partition."""
@@ -339,8 +450,8 @@ class PartitionedIndex:
             return None  # deleted or foreign object: skip
         return out if isinstance(out, dict) else None
 
-    def _map(self, fn: Any, jobs: list[Any]) -> list[Any]:
-        if len(jobs) <= 4:
+    def _map(self, fn: Any, jobs: list[Any], small: int = 4) -> list[Any]:
+        if len(jobs) <= small:
             return [fn(j) for j in jobs]
         with ThreadPoolExecutor(min(_POOL, len(jobs))) as pool:
             return list(pool.map(fn, jobs))
@@ -359,4 +470,4 @@ class PartitionedIndex:
 parts_for: PerStore[PartitionedIndex] = PerStore(PartitionedIndex)
 
 
-__all__ = ["IDS", "PINS", "RUNS", "SEGS", "V2", "PartitionedIndex", "enc", "part_of", "parts_for"]
+__all__ = ["FACETS", "FACETS_COMPLETE", "IDS", "PINS", "RUNS", "SEGS", "V2", "facet_markers", "kind_prefix", "label_prefix", "PartitionedIndex", "enc", "part_of", "parts_for"]

@@ -20,7 +20,9 @@ from aether_prefect.services.artifacts import Artifact, blob_key
 from aether_prefect.services.artifacts import _migrate
 from aether_prefect.services.artifacts._index import REC, ArtifactIndex, IndexEvent
 from aether_prefect.services.artifacts._migrate import MARKER, migrate
-from aether_prefect.services.artifacts._parts import IDS, RUNS, SEGS, PartitionedIndex, enc, part_of
+from aether_prefect.services.artifacts._parts import (
+    FACETS, FACETS_COMPLETE, IDS, RUNS, SEGS, PartitionedIndex, enc, part_of,
+)
 from aether_prefect.services.stores import open_store
 from aether_prefect.services.stores.base import ObjectStore
 from aether_prefect.services.stores.local import LocalStore
@@ -217,3 +219,88 @@ def test_cli_store_migrate_runs_twice(tmp_store: AetherObjectStore, capsys: pyte
         assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["records"] == 1
     got = PartitionedIndex(store).get(r.artifact_id)
     assert got is not None and got.run_id == "r"
+
+
+def _fill_facets(store: ObjectStore) -> dict[str, Artifact]:
+    """Records of kinds a/b with labels over four runs of two graphs; returns them by artifact id."""
+    writer = PartitionedIndex(store)
+    out = {}
+    layout = [("g1", "r1", "a", {"stage": "train", "n": 1}), ("g1", "r1", "b", {"stage": "eval"}),
+              ("g1", "r2", "b", {"stage": "train", "n": 2.0}), ("g2", "r3", "a", {"stage": ["eval", "x"], "n": True}),
+              ("g2", "r4", "c", {"stage": "train"})]
+    for i, (graph, run, kind, labels) in enumerate(layout):
+        rec = _rec(100 + i, graph, run, kind=kind).model_copy(update={"labels": {**labels, "run_id": run}})
+        writer.write_add(rec)
+        out[rec.artifact_id] = rec
+    return out
+
+
+def _runs_read(counting: _Counting) -> set[str]:
+    return {k[len(RUNS) + 1:].split("/")[1] for k in counting.reads if k.startswith(f"{RUNS}/")} | {
+        k[len(SEGS) + 1:].split("/")[1] for k in counting.reads if k.startswith(f"{SEGS}/")}
+
+
+def test_all_view_with_kind_or_labels_reads_only_matching_runs(store: ObjectStore) -> None:
+    recs = _fill_facets(store)
+    assert store.exists(FACETS_COMPLETE), "the first save of an empty store marks its facets complete"
+
+    def ask(kind: str | None, labels: dict[str, Any]) -> tuple[list[tuple[str, str]], set[str]]:
+        counting = _Counting(store)
+        got = PartitionedIndex(counting).facet_records(kind, labels)  # type: ignore[arg-type]
+        assert got is not None
+        return sorted((r.run_id or "", r.kind) for _, r in got), _runs_read(counting)
+
+    hits, runs = ask("a", {})
+    assert hits == [("r1", "a"), ("r1", "b"), ("r3", "a")], "whole runs are read; the caller filters"
+    assert runs == {enc("r", "r1"), enc("r", "r3")}
+    _, runs = ask(None, {"stage": "eval"})  # a list label holds each of its values
+    assert runs == {enc("r", "r1"), enc("r", "r3")}
+    _, runs = ask("b", {"stage": "train"})  # kind and label: the runs having both
+    assert runs == {enc("r", "r1"), enc("r", "r2")}
+    _, runs = ask(None, {"stage": ["x", "nothing"]})  # any of the values
+    assert runs == {enc("r", "r3")}
+    _, runs = ask(None, {"n": 1})  # 1 == 1.0 == True, as label matching compares them
+    assert runs == {enc("r", "r1"), enc("r", "r3")}
+    _, runs = ask(None, {"n": 2})
+    assert runs == {enc("r", "r2")}
+    assert ask("zzz", {}) == ([], set())
+    assert len(recs) == 5
+
+
+async def test_search_all_by_kind_and_labels_through_the_service(config_local: AetherConfig) -> None:
+    saved: dict[str, set[str]] = {}
+    for run, kind, stage in [("r1", "model", "train"), ("r2", "model", "eval"), ("r3", "data", "train")]:
+        async with open_session(config=config_local, graph_id=f"g-{run}", run_id=run) as ctx:
+            art = await ctx.artifacts().save_text(f"{run} {kind}", kind=kind, labels={"stage": stage}, metrics={"m": len(run)})
+            saved.setdefault(kind, set()).add(art.artifact_id)
+            saved.setdefault(stage, set()).add(art.artifact_id)
+    store = open_store(config_local.store)  # type: ignore[arg-type]
+    assert list(store.list_keys(f"{FACETS}/"))
+    async with open_session(config=config_local, graph_id="other", run_id="other") as ctx:
+        arts = ctx.artifacts()
+        assert {a.artifact_id for a in await arts.search(kind="model", view="all")} == saved["model"]
+        assert {a.artifact_id for a in await arts.search(labels={"stage": "train"}, view="all")} == saved["train"]
+        both = await arts.search(kind="model", labels={"stage": "train"}, view="all")
+        assert {a.artifact_id for a in both} == saved["model"] & saved["train"]
+        assert await arts.search(kind="none", view="all") == []
+
+
+async def test_an_unmarked_store_still_answers_and_migrate_marks_it(config_local: AetherConfig) -> None:
+    store = open_store(config_local.store)  # type: ignore[arg-type]
+    recs = _fill_facets(store)
+    for key in [*store.list_keys(f"{FACETS}/"), FACETS_COMPLETE]:  # as written before the markers existed
+        store.delete(key)
+    from aether_prefect.services.artifacts import _parts
+
+    _parts.parts_for.clear()
+    assert PartitionedIndex(store).facet_records("a", {}) is None  # not complete: the caller scans everything
+    want_a = {a for a, r in recs.items() if r.kind == "a"}
+    async with open_session(config=config_local, graph_id="other", run_id="other") as ctx:
+        assert {a.artifact_id for a in await ctx.artifacts().search(kind="a", view="all")} == want_a
+        for _ in range(2):
+            report = migrate(store)
+            assert report.facet_markers > 0 and report.records == 0
+        assert store.exists(FACETS_COMPLETE)
+        got = PartitionedIndex(store).facet_records("a", {})
+        assert got is not None and {r.artifact_id for _, r in got if r.kind == "a"} == want_a
+        assert {a.artifact_id for a in await ctx.artifacts().search(kind="a", view="all")} == want_a
