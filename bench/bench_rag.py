@@ -16,6 +16,7 @@ import os
 import sys
 import tempfile
 import time
+import zlib
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,11 @@ WORDS_PER_CHUNK = 70
 CHUNKS_PER_DOC = 100
 VOCAB = 30_000
 N_QUERIES = 30
+
+
+def _bucket(word: str) -> int:
+    """The vector slot of a word: synthetic words ('w123') by number, any other word (a new note's) by crc32."""
+    return (int(word[1:]) if word[1:].isdigit() else zlib.crc32(word.encode())) % DIM
 
 
 class LocalEmbedder:
@@ -37,7 +43,7 @@ class LocalEmbedder:
     def embed_np(texts: list[str]) -> np.ndarray:
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         for i, t in enumerate(texts):
-            idx = np.fromiter((int(w[1:]) % DIM for w in t.split()), dtype=np.int64)
+            idx = np.fromiter((_bucket(w) for w in t.split()), dtype=np.int64)
             np.add.at(out[i], idx, 1.0)
         n = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, n, out=out, where=n > 0)
