@@ -1,8 +1,9 @@
 """One journal entry: the fingerprint of a request and the recorded result of the call that succeeded.
 
-Stored as ``<sha256 of the JSON>\n<JSON>``: the journal writes entries without fsync (a lost entry only means
-paying for the call again), so after a machine crash a file may hold partial or zeroed bytes; the digest makes
-sure such a torn entry is never replayed.
+Its JSON is stored with a sha256 digest, either as a record of an attempt's log (``_log.py``, local store) or as
+one object ``<sha256 hex>\n<JSON>`` (stores that cannot append, and journals written before the log): the
+journal writes without fsync (a lost entry only means paying for the call again), so after a machine crash a
+file may hold partial or zeroed bytes; the digest makes sure such a torn entry is never replayed.
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ class Entry(BaseModel):
     pieces: list[str] | None = None
     last_response: Any = None
 
-    def encode(self, needles: Iterable[str]) -> bytes | None:
-        """The entry as digest-framed JSON bytes, or None when a needle (a secret as written in JSON, see
+    def body(self, needles: Iterable[str]) -> bytes | None:
+        """The entry as JSON bytes (unframed), or None when a needle (a secret as written in JSON, see
         :func:`secret_needles`) appears in it (then it is not journaled)."""
         try:
             text = self.model_dump_json()
@@ -58,20 +59,36 @@ class Entry(BaseModel):
             return None  # a result JSON cannot hold: the call stays live on retries
         if any(n in text for n in needles):
             return None
-        data = text.encode()
-        return hashlib.sha256(data).hexdigest().encode() + b"\n" + data
+        return text.encode()
+
+    def encode(self, needles: Iterable[str]) -> bytes | None:
+        """The entry as one digest-framed object (``<sha256 hex>\n<JSON>``: the one-object-per-entry layout, used
+        on stores that cannot append), or None when it is not journaled (see :meth:`body`)."""
+        data = self.body(needles)
+        return None if data is None else object_bytes(data)
 
     @classmethod
     def decode(cls, data: bytes) -> "Entry | None":
-        """The entry in ``data``, None when it is torn, unreadable or of another format version."""
+        """The entry in one object made by :meth:`encode`, None when it is torn, unreadable or of another
+        format version."""
         digest, sep, body = data.partition(b"\n")
         if not sep or hashlib.sha256(body).hexdigest().encode() != digest:
             return None
+        return cls.from_body(body)
+
+    @classmethod
+    def from_body(cls, body: bytes) -> "Entry | None":
+        """The entry in JSON ``body`` whose digest was checked already; None if unreadable or of another version."""
         try:
             entry = cls.model_validate_json(body)
         except ValueError:
             return None
         return entry if entry.v == VERSION else None
+
+
+def object_bytes(body: bytes) -> bytes:
+    """An entry's JSON ``body`` framed as one object: ``<sha256 hex>\n<body>`` (see :meth:`Entry.decode`)."""
+    return hashlib.sha256(body).hexdigest().encode() + b"\n" + body
 
 
 def secret_needles(secrets: Iterable[str]) -> list[str]:

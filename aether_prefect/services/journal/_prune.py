@@ -5,17 +5,18 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from aether_prefect.services.journal._entry import Entry
 from aether_prefect.services.journal._journal import PREFIX, RETENTION_S
-from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
+from aether_prefect.services.journal._log import entries_at
+from aether_prefect.services.stores.base import ObjectStore
 
 
 def prune(store: ObjectStore, *, older_than_s: float = RETENTION_S, dry_run: bool = False,
           now: float | None = None) -> tuple[int, int]:
     """Delete every journal of a flow run whose entries are all older than ``older_than_s`` seconds.
 
-    Returns ``(flow runs, objects)`` deleted (entries and ordinal claims) (or that would be, with ``dry_run``). Unreadable entries count as
-    old. A flow run with one recent entry keeps all of its journal (a retry may still need it).
+    Returns ``(flow runs, objects)`` deleted (attempt logs, one-entry objects and ordinal claims; or that would
+    be, with ``dry_run``). Unreadable entries count as old; a log counts by its newest readable entry. A flow run
+    with one recent entry keeps all of its journal (a retry may still need it).
 
     Example::
 
@@ -40,8 +41,5 @@ def prune(store: ObjectStore, *, older_than_s: float = RETENTION_S, dry_run: boo
 
 
 def _newer(store: ObjectStore, key: str, cutoff: float) -> bool:
-    try:
-        entry = Entry.decode(store.get_bytes(key))
-    except ObjectNotFound:
-        return False
-    return entry is not None and entry.created >= cutoff
+    """True when ``key`` (an attempt's log or a one-entry object) holds an entry made at or after ``cutoff``."""
+    return any(entry.created >= cutoff for entry in entries_at(store, key))

@@ -85,6 +85,26 @@ class ObjectStore(ABC):
         """
         self.put_bytes(key, data)
 
+    def put_small_if_absent(self, key: str, data: bytes) -> bool:
+        """Create a small marker at ``key`` only if nothing is there (True if this call created it), skipping the
+        flush to disk and, on a local store, the temp file: the object exists at once, so a reader may briefly
+        (or after a machine crash) see fewer bytes than ``data``. For markers whose existence is what counts (the
+        journal's slot claims). Default: :meth:`put_if_absent`.
+
+        Example: ``created = store.put_small_if_absent("journal/run/claims/task/hash/attempt-1/000000", b"id")``
+        """
+        return self.put_if_absent(key, data)
+
+    def open_log(self, key: str) -> "AppendLog | None":
+        """A new object at ``key`` open for appending, or None when the store cannot append (S3: objects are
+        written whole). Each append reaches the operating system at once (a crash of this process loses nothing
+        appended), nothing is flushed to disk, and readers may see a partial last append: callers frame and check
+        their records (the call journal's log). Default: None.
+
+        Example: ``log = store.open_log("journal/run/task/0-0/log-ab12.jlog")  # None on S3``
+        """
+        return None
+
     @abstractmethod
     def put_file_addressed(
         self, path: Path, key_of: Callable[[str], str], *, content_type: str | None = None
@@ -161,6 +181,24 @@ class ObjectStore(ABC):
         """
 
 
+class AppendLog(ABC):
+    """An object being written by appends (see :meth:`ObjectStore.open_log`); close it when done."""
+
+    @abstractmethod
+    def append(self, data: bytes) -> None:
+        """Append ``data`` whole (one write where the system allows it), at once visible to readers.
+
+        Example: ``log.append(framed_record)``
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop appending (idempotent); what was appended stays.
+
+        Example: ``log.close()``
+        """
+
+
 class HashingReader:
     """A read-only, non-seekable file wrapper that hashes (sha256) and counts every byte read through it.
 
@@ -182,4 +220,4 @@ class HashingReader:
         return self._h.hexdigest()
 
 
-__all__ = ["HashingReader", "InvalidKey", "ObjectNotFound", "ObjectStore", "StoreError", "check_key"]
+__all__ = ["AppendLog", "HashingReader", "InvalidKey", "ObjectNotFound", "ObjectStore", "StoreError", "check_key"]

@@ -1,8 +1,8 @@
 """A flow run executed in a worker process that the test SIGKILLs, then runs again (a flow-run retry).
 
 Run: ``python -m tests.services.journal._worker FLOW_RUN_ID``; the config is the saved AetherConfig ``CONFIG``.
-The task makes five LLM calls, then on the first execution waits until their entries are in the store (they are
-written in the background), creates ``marker`` and waits to be killed.
+The task makes five LLM calls, then on the first execution waits until their entries are in the store (on the
+local store they already are: appended to the attempt's log), creates ``marker`` and waits to be killed.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from prefect import flow
 
 from aether_prefect import NodeContext, aether_task
+from aether_prefect.services.journal._log import entries_at
 
 CONFIG = "journal-sigkill-test"
 
@@ -23,7 +24,7 @@ async def five_calls(marker: str, *, context: NodeContext) -> list[str]:
     texts = [(await context.llm().chat(f"killed step {i}"))[0] for i in range(5)]
     if not Path(marker).exists():
         store, durable = context.store(), context.llm().profile.durable is not False  # the bench's raw leg: False
-        while durable and sum(k.endswith(".json") for k in store.list_keys("journal/")) < 5:  # kill after them
+        while durable and sum(len(entries_at(store, k)) for k in store.list_keys("journal/")) < 5:  # then kill
             await asyncio.sleep(0.02)
         Path(marker).write_text("calls done")
         await asyncio.sleep(600)  # the test kills this process here

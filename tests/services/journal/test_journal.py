@@ -21,6 +21,8 @@ from aether_prefect import NodeContext, aether_task
 from aether_prefect.blocks import AetherConfig
 from aether_prefect.errors import ValidationError
 from aether_prefect.services.journal import ENV_REPLAY_FROM, prune
+from aether_prefect.services.journal._entry import Entry
+from aether_prefect.services.journal._log import LOG_SUFFIX, entries_at, entry_key
 from aether_prefect.services.llm._usage import read_task_tables
 from aether_prefect.services.stores import open_store
 from aether_prefect.services.stores.local import LocalStore
@@ -297,8 +299,8 @@ def test_secrets_never_reach_the_journal(llm_server: FakeOpenAI, local_config: A
 
     asyncio.run(pipeline())
     store = open_store(local_config.store)
-    keys = [k for k in store.list_keys("journal/") if k.endswith(".json")]
-    assert len(keys) == 1  # only the harmless call was journaled
+    keys = list(store.list_keys("journal/"))
+    assert [e.position for k in keys for e in entries_at(store, k)] == [1]  # only the harmless call was journaled
     blob = b"".join(store.get_bytes(k) for k in keys)
     assert llm_server.api_key.encode() not in blob and b"harmless" in blob
 
@@ -316,6 +318,7 @@ def test_prune_removes_only_old_flow_runs(llm_server: FakeOpenAI, local_config: 
     store = open_store(local_config.store)
     assert prune(store) == (0, 0)  # fresh: kept
     before = list(store.list_keys("journal/"))
+    assert sum(k.endswith(LOG_SUFFIX) for k in before) == 1  # the attempt's log, next to the ordinal claims
     assert prune(store, dry_run=True, now=time.time() + 8 * 24 * 3600) == (1, len(before))
     assert list(store.list_keys("journal/")) == before
     assert prune(store, now=time.time() + 8 * 24 * 3600) == (1, len(before))
@@ -401,20 +404,29 @@ def test_a_failing_store_means_live_calls_not_a_failed_task(llm_server: FakeOpen
 
 
 class _SlowStore(LocalStore):
-    """A local store whose small puts take a while (a slow disk or bucket): the attempt must wait for them."""
+    """A store that cannot append (as S3) and whose puts take a while (a slow disk or bucket): entries go one
+    object each through the background writer, and the attempt must wait for them."""
+
+    def open_log(self, key: str) -> None:  # type: ignore[override]
+        return None
 
     def put_small(self, key: str, data: bytes) -> None:
         time.sleep(0.3)
         super().put_small(key, data)
 
 
-@pytest.mark.parametrize("where", ["slow local", "s3"])
+def _entries(store: Any) -> list[Entry]:
+    return [e for k in store.list_keys("journal/") for e in entries_at(store, k)]
+
+
+@pytest.mark.parametrize("where", ["local log", "slow store without appends", "s3"])
 def test_entries_are_stored_when_the_task_reports(llm_server: FakeOpenAI, local_config: AetherConfig,
                                                   tmp_path: Path, request: pytest.FixtureRequest, where: str) -> None:
-    from aether_prefect.services.journal._entry import Entry
-
     if where == "s3":
         cfg = _cfg(llm_server, local_config).model_copy(update={"store": request.getfixturevalue("s3_store_block")})
+        store, task_kw = open_store(cfg.store), {}
+    elif where == "local log":
+        cfg = _cfg(llm_server, local_config)
         store, task_kw = open_store(cfg.store), {}
     else:
         cfg = _cfg(llm_server, local_config)
@@ -431,43 +443,132 @@ def test_entries_are_stored_when_the_task_reports(llm_server: FakeOpenAI, local_
         await three()
 
     asyncio.run(pipeline())
-    keys = [k for k in store.list_keys("journal/") if k.endswith(".json")]  # written in the background, waited for
-    entries = [Entry.decode(store.get_bytes(k)) for k in keys]
-    assert sorted(e.position for e in entries if e is not None) == [0, 1, 2]
+    keys = list(store.list_keys("journal/"))
+    assert sorted(e.position for e in _entries(store)) == [0, 1, 2]
+    logs = [k for k in keys if k.endswith(LOG_SUFFIX)]
+    assert len(logs) == (1 if where == "local log" else 0)  # one log per attempt, or one object per entry
+    assert sum(k.endswith(".json") for k in keys) == (0 if where == "local log" else 3)
 
 
-def test_a_torn_entry_never_replays(llm_server: FakeOpenAI, local_config: AetherConfig,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a machine crash can leave of an unflushed entry (cut short, or zeroed) goes live; the rest replays."""
-    cfg = _cfg(llm_server, local_config)
-
-    @aether_task(config=cfg)
+def _chain_run(llm_server: FakeOpenAI, local_config: AetherConfig, calls: int = 3) -> Any:
+    @aether_task(config=_cfg(llm_server, local_config))
     async def chain(*, context: NodeContext) -> list[str]:
-        return [(await context.llm().chat(f"link {i}"))[0] for i in range(3)]
+        return [(await context.llm().chat(f"link {i}"))[0] for i in range(calls)]
 
     @flow
     async def pipeline() -> tuple[str, list[str]]:
         return str(runtime_flow_run.id), await chain()
 
+    return pipeline
+
+
+def _live_prompts(llm_server: FakeOpenAI, since: int) -> list[str]:
+    return [r.json["messages"][-1]["content"] for r in llm_server.requests[since:]]
+
+
+@pytest.mark.parametrize("damage", ["cut short", "zeroed"])
+def test_a_torn_log_tail_never_replays(llm_server: FakeOpenAI, local_config: AetherConfig,
+                                       monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    """What a machine crash can leave of the unflushed end of a log (cut short, or zeroed) goes live; the records
+    before it replay."""
+    pipeline = _chain_run(llm_server, local_config)
     first_id, first = asyncio.run(pipeline())
     store = open_store(local_config.store)
-    keys = sorted(k for k in store.list_keys("journal/") if k.endswith(".json"))
-    assert len(keys) == 3
-    whole = store.get_bytes(keys[1])
-    store.put_bytes(keys[1], whole[: len(whole) - 7])  # cut short
-    store.put_bytes(keys[2], b"\0" * len(store.get_bytes(keys[2])))  # zeroed
+    (log,) = [k for k in store.list_keys("journal/") if k.endswith(LOG_SUFFIX)]
+    whole = store.get_bytes(log)
+    last = len(whole) - len(whole.rsplit(b"AJL1", 1)[1]) - 4  # where the third record starts
+    torn = whole[:len(whole) - 7] if damage == "cut short" else whole[:last] + b"\0" * (len(whole) - last)
+    store.put_bytes(log, torn)
+    assert [e.position for e in entries_at(store, log)] == [0, 1]
     monkeypatch.setenv(ENV_REPLAY_FROM, first_id)
     _, again = asyncio.run(pipeline())
     assert again == first
-    assert [r.json["messages"][-1]["content"] for r in llm_server.requests[3:]] == ["link 1", "link 2"]
+    assert _live_prompts(llm_server, 3) == ["link 2"]
+
+
+def test_a_damaged_record_hides_the_rest_of_its_log(llm_server: FakeOpenAI, local_config: AetherConfig,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline = _chain_run(llm_server, local_config)
+    first_id, first = asyncio.run(pipeline())
+    store = open_store(local_config.store)
+    (log,) = [k for k in store.list_keys("journal/") if k.endswith(LOG_SUFFIX)]
+    whole = bytearray(store.get_bytes(log))
+    second = whole.index(b"AJL1", 4)
+    whole[second + 60] ^= 1  # one flipped bit in the second record's body
+    store.put_bytes(log, bytes(whole))
+    monkeypatch.setenv(ENV_REPLAY_FROM, first_id)
+    _, again = asyncio.run(pipeline())
+    assert again == first
+    assert _live_prompts(llm_server, 3) == ["link 1", "link 2"]
+
+
+def test_entries_of_the_one_object_per_entry_layout_still_replay(llm_server: FakeOpenAI,
+                                                                 local_config: AetherConfig,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Journals written before the log (format 2: one digest-framed object per entry), torn ones going live."""
+    pipeline = _chain_run(llm_server, local_config)
+    first_id, first = asyncio.run(pipeline())
+    store = open_store(local_config.store)
+    (log,) = [k for k in store.list_keys("journal/") if k.endswith(LOG_SUFFIX)]
+    folder = log.rsplit("/", 1)[0] + "/"
+    for entry in entries_at(store, log):  # rewrite the journal in the old layout
+        blob = entry.encode([])
+        assert blob is not None
+        store.put_bytes(entry_key(folder, entry.position), blob if entry.position != 2 else blob[:-3])
+    store.delete(log)
+    monkeypatch.setenv(ENV_REPLAY_FROM, first_id)
+    _, again = asyncio.run(pipeline())
+    assert again == first
+    assert _live_prompts(llm_server, 3) == ["link 2"]
+
+
+def test_every_attempts_log_is_read(llm_server: FakeOpenAI, local_config: AetherConfig) -> None:
+    """Attempt 1 pays for calls 0-1; attempt 2 replays call 0, rewords call 1 (replay ends) and pays for 1-3 in its
+    own log; attempt 3 replays all four from both logs, and at position 1 the later attempt's entry wins."""
+    attempts: list[list[str]] = []
+
+    @aether_task(config=_cfg(llm_server, local_config), retries=2)
+    async def growing(*, context: NodeContext) -> list[str]:
+        n = len(attempts) + 1
+        prompts = [f"step {i}" for i in range(2 if n == 1 else 4)]
+        if n > 1:
+            prompts[1] = "step 1, reworded"  # a changed prompt: attempt 2 goes live from position 1
+        attempts.append([(await context.llm().chat(p))[0] for p in prompts])
+        if n < 3:
+            raise RuntimeError("fail after the calls")
+        return attempts[-1]
+
+    @flow
+    async def pipeline() -> list[str]:
+        return await growing()
+
+    out = asyncio.run(pipeline())
+    assert _live_prompts(llm_server, 0) == ["step 0", "step 1", "step 1, reworded", "step 2", "step 3"]
+    assert out == attempts[1] == ["echo: step 0", "echo: step 1, reworded", "echo: step 2", "echo: step 3"]
+    assert len(llm_server.requests) == 5  # attempt 3 sent nothing
+    store = open_store(local_config.store)
+    logs = [k for k in store.list_keys("journal/") if k.endswith(LOG_SUFFIX)]
+    assert len(logs) == 2  # attempt 3 only replayed: it opened no log
+    assert sorted(len(entries_at(store, k)) for k in logs) == [2, 3]
 
 
 def test_entry_decode_rejects_every_partial_or_altered_blob() -> None:
-    from aether_prefect.services.journal._entry import Entry
-
     blob = Entry(kind="chat", position=0, fingerprint="f" * 64, result=["text", {"total_tokens": 3}]).encode([])
     assert blob is not None and Entry.decode(blob) is not None
     assert all(Entry.decode(blob[:n]) is None for n in range(len(blob)))
     assert all(Entry.decode(blob[:n] + b"#" + blob[n + 1:]) is None for n in range(len(blob)) if blob[n:n + 1] != b"#")
     legacy = blob.partition(b"\n")[2]  # an entry of format 1 (no digest) is not replayed
     assert Entry.decode(legacy) is None
+
+
+def test_log_records_stop_at_the_first_partial_or_altered_byte() -> None:
+    from aether_prefect.services.journal._log import frame, records
+
+    bodies = [b'{"a": 1}', b"second body", b""]
+    blob = b"".join(map(frame, bodies))
+    assert list(records(blob)) == bodies
+    ends = [len(b"".join(map(frame, bodies[:i]))) for i in range(4)]
+    for n in range(len(blob)):  # cut anywhere: exactly the whole records before the cut
+        assert list(records(blob[:n])) == [b for b, end in zip(bodies, ends[1:]) if end <= n]
+    for n in range(ends[1]):  # any altered byte of the first record hides the whole log
+        assert list(records(blob[:n] + bytes([blob[n] ^ 0x40]) + blob[n + 1:])) == []

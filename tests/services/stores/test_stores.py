@@ -221,3 +221,52 @@ def test_put_small_is_atomic_and_leaves_no_temp_file(store: ObjectStore) -> None
         with pytest.raises(OSError):  # a folder where the object should go: an error, and no temp file left
             store.put_small("small/new", b"x")
         assert not any((store.root / ".tmp").glob("*"))
+
+
+def test_put_small_if_absent_creates_once(store: ObjectStore) -> None:
+    assert store.put_small_if_absent("marks/new/folder/m", b"first")
+    assert not store.put_small_if_absent("marks/new/folder/m", b"second")
+    assert store.get_bytes("marks/new/folder/m") == b"first"
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda: results.append(store.put_small_if_absent("marks/race", b"x")))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count(True) == 1
+
+
+def test_open_log_appends_whole_records_on_a_local_store_only(store: ObjectStore) -> None:
+    log = store.open_log("logs/new/folder/a.jlog")
+    if not isinstance(store, LocalStore):
+        assert log is None  # S3 writes objects whole: the journal puts one object per entry there
+        return
+    assert log is not None
+    with pytest.raises(FileExistsError):  # a log is created, never reopened or shared
+        store.open_log("logs/new/folder/a.jlog")
+    assert store.get_bytes("logs/new/folder/a.jlog") == b""
+    records = [bytes([65 + i]) * (1000 + i) for i in range(4)]
+    threads = [threading.Thread(target=log.append, args=(r,)) for r in records]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    blob = store.get_bytes("logs/new/folder/a.jlog")  # visible at once, no close or flush needed
+    assert sorted(blob[i:i + 1] * n for i, n in _runs(blob)) == sorted(records)  # whole, never interleaved
+    log.close()
+    log.close()
+    with pytest.raises(ValueError):
+        log.append(b"late")
+    assert list(store.list_keys("logs/")) == ["logs/new/folder/a.jlog"]
+
+
+def _runs(blob: bytes) -> list[tuple[int, int]]:
+    """(start, length) of each run of one repeated byte."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(blob) + 1):
+        if i == len(blob) or blob[i] != blob[start]:
+            out.append((start, i - start))
+            start = i
+    return out
