@@ -141,7 +141,7 @@ async def _doctor(name: str | None) -> list[tuple[str, bool, str]]:
             async def llm(pname: str = pname) -> str:
                 svc = ctx.llm(pname)
                 prof = ctx.llm_profile(pname)
-                await svc.raw(method="GET", path="/models")
+                await svc._probe()  # the provider's own model list (Anthropic /v1/models, Gemini /v1beta/models, ...)
                 from aether_prefect.services.llm._http import mask_url
 
                 return f"{mask_url(prof.base_url or '') if prof else ''} answered"

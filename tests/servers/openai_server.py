@@ -8,7 +8,7 @@ Contract used by several test files:
 - Default `/v1/chat/completions`: content "echo: <last user message>" (JSON modes: `{"echo": ...}`),
   usage counted in words; `stream: true` streams SSE chunks and a final usage chunk.
 - Default `/v1/embeddings`: `embed_text` vectors, order preserved, usage counted.
-- Azure paths (`/openai/deployments/<name>/chat/completions?api-version=...`) are served the same way.
+- Azure paths (`/openai/deployments/<name>/chat/completions?api-version=...`, `/openai/models`) are served the same way.
 - Default `/v1/responses` (OpenAI's Responses API): output items, `text.format` JSON modes, flat function tools,
   `response.*` stream events ending with `response.completed` (no `[DONE]`).
 - Reasoning models (`o1`, `o3`, `o4-mini`, `gpt-5`...) get OpenAI's 400 for `max_tokens` or a non-default
@@ -226,6 +226,8 @@ class FakeOpenAI:
         m = re.match(r"^/openai/deployments/[^/]+(/.*)$", path)
         if m:
             return m.group(1)
+        if path == "/openai/models":  # Azure's model list (not under a deployment)
+            return "/models"
         return path[3:] if path.startswith("/v1/") else path
 
     def _next_script(self, path: str) -> Reply | None:

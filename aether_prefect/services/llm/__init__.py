@@ -573,6 +573,11 @@ class LLMService(BoundService):
         await self._account(res, self.profile.model or "raw", Usage.from_provider(raw_usage))
         return data
 
+    async def _probe(self) -> None:
+        """List the provider's models in its own wire format (``aether-prefect doctor``): proves URL and key."""
+        call = self._adapter.models_call()
+        await self.raw(method="GET", url=call.url, params=call.params or None)
+
     # -- observability --------------------------------------------------------------------------------------
 
     def usage(self) -> list[UsageRow]:

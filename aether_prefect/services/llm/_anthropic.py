@@ -124,6 +124,9 @@ class Messages(Adapter):
     def _root(self) -> str:
         return self.base_url.removesuffix("/v1")
 
+    def models_call(self) -> HttpCall:
+        return HttpCall(f"{self._root()}/v1/models", None)
+
     def chat_call(self, spec: ChatSpec, *, stream: bool = False) -> HttpCall:
         system, messages = _messages(spec.messages)
         if spec.output_format != "text":

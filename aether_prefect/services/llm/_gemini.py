@@ -94,11 +94,17 @@ class GenerateContent(Adapter):
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"x-goog-api-key": key}
 
-    def _url(self, model: str, method: str) -> str:
+    def _root(self) -> str:
         root = self.base_url
         if not root.rstrip("/").endswith(("/v1beta", "/v1", "/v1alpha")):
             root = f"{root}/{API_VERSION}"
-        return f"{root}/{_model_path(model)}:{method}"
+        return root
+
+    def _url(self, model: str, method: str) -> str:
+        return f"{self._root()}/{_model_path(model)}:{method}"
+
+    def models_call(self) -> HttpCall:
+        return HttpCall(f"{self._root()}/models", None)
 
     def chat_call(self, spec: ChatSpec, *, stream: bool = False) -> HttpCall:
         system, contents = _contents(spec.messages)

@@ -139,6 +139,10 @@ class AzureChatCompletions(ChatCompletions):
         version = self.profile.api_version or DEFAULT_AZURE_API_VERSION
         return f"{self.base_url}/openai/deployments/{model}/{endpoint}", {"api-version": version}
 
+    def models_call(self) -> HttpCall:
+        return HttpCall(f"{self.base_url}/openai/models", None,
+                        {"api-version": self.profile.api_version or DEFAULT_AZURE_API_VERSION})
+
     def _with_model(self, body: dict[str, Any], model: str) -> dict[str, Any]:
         return body  # the deployment in the path names the model
 
@@ -233,6 +237,10 @@ class AzureResponses(Responses):
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"api-key": key}
+
+    def models_call(self) -> HttpCall:
+        return HttpCall(f"{self.base_url}/openai/models", None,
+                        {"api-version": self.profile.api_version or DEFAULT_AZURE_API_VERSION})
 
     def _url(self, endpoint: str, model: str) -> tuple[str, dict[str, str]]:
         if endpoint != "responses":

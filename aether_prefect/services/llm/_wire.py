@@ -150,6 +150,11 @@ class Adapter:
         """Non-secret headers the API wants on every request (version pins, attribution)."""
         return {}
 
+    # -- models ----------------------------------------------------------------------------------------------
+    def models_call(self) -> HttpCall:
+        """A cheap authenticated GET that lists the provider's models (what ``aether-prefect doctor`` probes)."""
+        return HttpCall(f"{self.base_url}/models", None)
+
     # -- chat ------------------------------------------------------------------------------------------------
     def chat_call(self, spec: ChatSpec, *, stream: bool = False) -> HttpCall:
         raise NotImplementedError

@@ -285,6 +285,25 @@ def test_chat_and_stream_every_provider(any_provider: Case, local_config: Aether
     assert all(r.headers.get(header) == value for r in case.server.requests)
 
 
+def test_doctor_probes_each_providers_own_model_list(any_provider: Case, local_config: AetherConfig) -> None:
+    """`aether-prefect doctor` lists models where the provider serves them (not `base_url + /models` for all)."""
+    case = any_provider
+
+    async def go() -> None:
+        async with open_session(config=case.config(local_config)) as ctx:
+            await ctx.llm()._probe()
+
+    run(go())
+    req = case.server.requests[-1]
+    want = {"anthropic": "/v1/models", "google": "/v1beta/models", "azure": "/openai/models"}
+    assert req.method == "GET"
+    assert req.path == want.get(case.name, "/v1/models"), req.path
+    if case.name == "azure":
+        assert req.query.get("api-version")
+    header, value = case.auth
+    assert req.headers.get(header) == value
+
+
 def test_json_modes_validated_and_reasked(wire: Case, local_config: AetherConfig) -> None:
     schema = {"type": "object", "properties": {"echo": {"type": "string"}}, "required": ["echo"]}
     wire.server.script(wire.chat_key, [wire.text_reply("{not json"), wire.text_reply('{"other": 1}')])
