@@ -221,8 +221,10 @@ def test_channel_and_rag_index_registration_are_recorded() -> None:
     set_default_channel("console:local")  # AetherGraph's console key: our console channel
     set_channel_alias("my_console", "console:local")
     assert reg.channel_key() == "console" and reg.channel_key("my_console") == "console"
+    set_default_channel("slack:team/T1:chan/C123")  # AetherGraph's Slack key: announced through a Slack block
+    assert reg.channel_key() == "slack:team/T1:chan/C123"
     with pytest.raises(ValidationError, match="unknown channel"):
-        set_default_channel("slack:team/C123")  # a channel we do not have: refused, not ignored
+        set_default_channel("pigeon:loft/3")  # a channel we do not have: refused, not ignored
     settings = set_rag_index_backend(backend="faiss", dim=8)
     assert (settings.requested_backend, settings.backend, settings.dim) == ("faiss", "builtin", 8)
     with pytest.raises(ValidationError):
@@ -493,7 +495,7 @@ async def test_current_services_configures_this_process(local_config: AetherConf
         text, _usage = await context.llm("fast").chat([{"role": "user", "content": "hi"}])
         assert text  # a real request to the loopback server with the configured profile
     with pytest.raises(ValidationError):
-        svc.channels.set_default_channel_key("slack:team/T:chan/C")  # a channel we do not have
+        svc.channels.set_default_channel_key("pigeon:loft/3")  # a channel we do not have
     with pytest.raises(AttributeError, match="channels, llm, rag"):
         svc.artifacts  # noqa: B018 - no such container part on Prefect: said, not faked
 

@@ -30,3 +30,20 @@ async def send(block: Any, body: str, subject: str | None) -> None:
     result = fn(body, subject=subject)
     if inspect.isawaitable(result):
         await result
+
+
+async def saved_blocks_of_type(block_type_slug: str) -> list[tuple[str, dict[str, Any]]]:
+    """(name, non-secret fields) of every saved block of ``block_type_slug`` (e.g. ``"slack-webhook"``), by name."""
+    from aether_prefect._prefect._client import with_client
+
+    async def call(client: Any) -> list[Any]:
+        return await client.read_block_documents_by_type(block_type_slug, include_secrets=False)
+
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        docs = await with_client(call)
+    except ObjectNotFound:  # the block type is not registered on this server: no blocks of it
+        return []
+    found = [(d.name, dict(d.data or {})) for d in docs if d.name and not getattr(d, "is_anonymous", False)]
+    return sorted(found, key=lambda item: item[0])

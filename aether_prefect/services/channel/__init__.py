@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aether_prefect.errors import ChannelError, ValidationError
 from aether_prefect.services.base import BoundService
-from aether_prefect.services.channel import _console, _file, _notify, _questions
+from aether_prefect.services.channel import _console, _external, _file, _notify, _questions
 from aether_prefect.services.channel._inbox import PendingQuestion, aanswer, answer, apending_questions, pending_questions
 from aether_prefect.services.channel._forms import (
     ChoiceResult,
@@ -55,11 +55,14 @@ def _check_key(channel_key: Any) -> str | None:
         return key
     if _file.is_file_key(key) and key[len(_file.PREFIX):].strip():
         return key
+    if _external.is_external_key(key):
+        return key  # AetherGraph's slack:/tg:/webhook: keys: announced through the matching notification block
     raise ValidationError(
         f"unknown channel {key!r}: use None or 'ui' (the Prefect UI, plus AetherConfig.notify; the default), "
         "'console' (the terminal), 'notify' (the UI, announced through AetherConfig.notify), "
         "'notify:<block-type-slug>/<name>' (the UI, announced through that saved notification block) or "
-        "'file:<path>' (messages appended to that file)"
+        "'file:<path>' (messages appended to that file), or AetherGraph's 'slack:...', 'tg:...', 'webhook:url/...' "
+        "(the UI, announced through the matching notification block)"
     )
 
 
@@ -98,8 +101,8 @@ class ChannelService(BoundService):
         self.ctx.logger().info(text, extra={"channel_meta": dict(meta) if meta else None})
         if _file.is_file_key(self.channel_key):
             await _file.append(str(self.channel_key), text)
-        if notify:
-            await self._announce_message(text)
+        if notify or _external.is_external_key(self.channel_key):
+            await self._announce_message(text, warn=notify and not _external.is_external_key(self.channel_key))
         await self._remember("assistant", text)
 
     async def send_rich(self, text: str, *, title: str | None = None) -> str | None:
@@ -262,7 +265,7 @@ class ChannelService(BoundService):
         in_run = self._in_flow_run()
         if (in_run or self.ctx.flow_run_id) and api_url():
             return "pause"  # a task on Dask/Ray has no flow run context, but its flow run id is all a question needs
-        if key is None and _console.stdin_is_tty():
+        if (key is None or _external.is_external_key(key)) and _console.stdin_is_tty():  # the default channel
             return "console"
         if in_run:
             raise ChannelError(
@@ -338,24 +341,29 @@ class ChannelService(BoundService):
             raise ChannelError(why + "ask from inside a task of the flow (its rerun finds the answer by the task's key)")
         return _questions.replay_id(run_id, identity, kind, prompt, options, multiple)
 
-    def _notify_targets(self, channel: str | None = None) -> list[Any]:
-        """The notification blocks a question or message goes through: the key's block, else AetherConfig.notify."""
+    async def _notify_targets(self, channel: str | None = None) -> list[Any]:
+        """The notification blocks a question or message goes through: the key's block (an external key's
+        matching block), else AetherConfig.notify."""
         key = _check_key(channel) if channel is not None else self.channel_key
         if key is not None and key.startswith("notify:"):
             return [key[len("notify:"):]]
+        if _external.is_external_key(key):
+            return await _external.targets_for(str(key), list(self.ctx.config.notify), self.ctx.logger())
         return list(self.ctx.config.notify)
 
     async def _announce_question(self, q: _questions.Question, channel: str | None) -> None:
-        targets = self._notify_targets(channel)
+        targets = await self._notify_targets(channel)
         if targets:
             subject, body = _notify.question_text(q, self.ctx)
             await _notify.send_all(targets, subject, body, self.ctx.logger())
 
-    async def _announce_message(self, text: str) -> None:
+    async def _announce_message(self, text: str, *, warn: bool = True) -> None:
         from aether_prefect._prefect import current_run_ids, flow_run_ui_url
 
-        targets = self._notify_targets()
+        targets = await self._notify_targets()
         if not targets:
+            if not warn:  # an external key with no block: _external warned once already
+                return
             self.ctx.logger().warning("send_text(notify=True): no notification block configured (AetherConfig.notify)")
             return
         ids = current_run_ids()

@@ -115,3 +115,93 @@ def test_channel_key_selects_one_notification_block(tmp_store: Any, webhook: Web
     answer(seen["run"], text="ok")
     assert run.join(120) == "ok"
     UUID(seen["run"])
+
+
+def test_aethergraph_webhook_key_announces_messages_and_questions_through_the_matching_block(
+    webhook: Webhook, local_config: Any
+) -> None:
+    """AetherGraph's `webhook:url/<URL>` key (set as the default channel, AetherGraph's spelling): the saved
+    custom-webhook block with that url announces plain messages and questions; the answer comes from the inbox."""
+    from aether_prefect import set_default_channel
+    from aether_prefect import _registration as reg
+    from aether_prefect.services.channel import _external
+
+    CustomWebhookNotificationBlock(name="aether", url=webhook.url, json_data={"body": "{{body}}"}).save(
+        f"ag-{uuid.uuid4().hex[:8]}")
+    _external.forget()
+    seen: dict[str, Any] = {}
+
+    @aether_task(config=local_config)
+    def ask(*, context: NodeContext) -> str:
+        seen["run"] = context.flow_run_id
+        context.channel().sync.send_text("nightly job started")  # a plain message: announced, no notify=True
+        return context.channel().sync.ask_text("Which table?", timeout_s=120)
+
+    @flow(name="channel-webhook-key")
+    def f() -> str:
+        return ask()
+
+    set_default_channel(f"webhook:url/{webhook.url}")
+    try:
+        run = Background(f)
+        wait_for(lambda: len(webhook.received) >= 2, 60, "the message and the question at the webhook")
+        assert [b["body"].splitlines()[0] for _, b in webhook.received] == ["nightly job started", "Question: Which table?"]
+        answer(seen["run"], text="orders")
+        assert run.join(120) == "orders"
+    finally:
+        reg.clear_registrations()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_aethergraph_slack_key_uses_the_saved_slack_block_named_after_the_channel(local_config: Any) -> None:
+    """`slack:team/T:chan/C<id>` resolves to the saved SlackWebhook block named after the channel id (among
+    several saved ones), and to the AetherConfig.notify entry of that type when one is configured."""
+    import logging
+
+    from prefect.blocks.notifications import SlackWebhook
+
+    from aether_prefect.services.channel import _external
+
+    chan = f"C{uuid.uuid4().hex[:8].upper()}"
+    await SlackWebhook(url="https://hooks.slack.com/services/T0/B0/x").save(chan.lower())
+    await SlackWebhook(url="https://hooks.slack.com/services/T0/B0/y").save(f"other-{uuid.uuid4().hex[:6]}")
+    _external.forget()
+    log = logging.getLogger("test.external")
+    key = f"slack:team/T123:chan/{chan}"
+    assert await _external.targets_for(key, [], log) == [f"slack-webhook/{chan.lower()}"]
+    assert await _external.targets_for(key, ["custom-webhook/x", "slack-webhook/ops"], log) == ["slack-webhook/ops"]
+    other = f"slack:team/T123:chan/C{uuid.uuid4().hex[:8]}"  # no block named after it, several saved: fall back
+    assert await _external.targets_for(other, [], log) == []
+
+
+@pytest.mark.anyio
+async def test_aethergraph_telegram_key_without_a_block_falls_back_with_one_warning(
+    local_config: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No Telegram block exists in Prefect: the messages go to the run log, ONE warning says how to configure
+    announcements, nothing raises; an alias to it (AetherGraph's set_channel_alias) behaves the same."""
+    import logging
+
+    from aether_prefect import open_session, set_channel_alias
+    from aether_prefect import _registration as reg
+    from aether_prefect.services.channel import _external
+
+    _external.forget()
+    key = f"tg:chat/{uuid.uuid4().int % 10**9}"
+    set_channel_alias("my_telegram", key)
+    try:
+        with caplog.at_level(logging.INFO, logger="aether_prefect"):
+            async with open_session(config=local_config) as context:
+                await context.channel("my_telegram").send_text("hello via telegram")
+                await context.channel(key).send_text("hello again")
+    finally:
+        reg.clear_registrations()
+    messages = [r.getMessage() for r in caplog.records]
+    assert "hello via telegram" in messages and "hello again" in messages
+    warnings = [m for m in messages if key in m and "no Telegram notification block" in m]
+    assert len(warnings) == 1 and "notify:<block-type-slug>/<name>" in warnings[0]
