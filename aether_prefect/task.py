@@ -214,10 +214,27 @@ def _wrap(fn: Callable[..., Any], overrides: RuntimeOverrides, kind: str) -> Cal
         wrapper = sync_wrapper
 
     wrapper.__signature__ = public  # type: ignore[attr-defined]
-    # Prefect 3.9 derives task_key and cache hashes from this, so each task keeps its own identity.
-    wrapper.__prefect_task_source__ = fn  # type: ignore[attr-defined]
+    # Prefect 3.9 derives task_key and cache hashes from this (when it is also __wrapped__), so each task
+    # keeps its own identity: the user's code, or what a compatibility decorator under us names as its code.
+    source = _task_source(fn)
+    wrapper.__wrapped__ = source  # type: ignore[attr-defined]
+    wrapper.__prefect_task_source__ = source  # type: ignore[attr-defined]
     wrapper.__aether_context_param__ = pname  # type: ignore[attr-defined]
     return wrapper
+
+
+def _task_source(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The function whose code is ``fn``'s identity for Prefect (task_key, ``task_input_hash``).
+
+    A compatibility decorator keeps the code identity of the function it wraps by setting
+    ``__prefect_task_source__`` to its ``__wrapped__``; ``@task`` over it honours that, so we do too
+    (else every function under the same decorator would share one task key and one cache).
+    Example: ``_task_source(fn)`` is ``fn`` for a plain function.
+    """
+    source = getattr(fn, "__prefect_task_source__", None)
+    if source is not None and source is getattr(fn, "__wrapped__", None):
+        return source
+    return fn
 
 
 async def _finish(ctx: NodeContext, kind: str) -> None:
@@ -251,7 +268,7 @@ def aether_task(
     cache_key_fn: "Callable[[TaskRunContext, dict[str, Any]], str | None] | None" = None,
     cache_expiration: datetime.timedelta | None = None,
     task_run_name: "TaskRunNameValueOrCallable | None" = None,
-    retries: int = 0,
+    retries: int | None = None,
     retry_delay_seconds: float | int | list[float] | Callable[[int], list[float]] | None = None,
     retry_jitter_factor: float | None = None,
     persist_result: bool | None = None,
@@ -283,6 +300,8 @@ def aether_task(
     mcp: Any = None,
     rag: Any = None,
     channel: Any = None,
+    durable: bool | None = None,
+    replay_from: str | None = None,
 ) -> "Callable[[Callable[..., R]], Task[..., R]]": ...
 
 

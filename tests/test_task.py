@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import os
 import pickle
+import typing
 from typing import Any
 
 import pytest
@@ -344,3 +347,50 @@ def test_classmethod_and_staticmethod_tasks() -> None:
 
     (scaled, node), doubled, submitted = f()
     assert scaled == 6 and node.startswith("scale") and doubled == (8, True) and submitted == (10, True)
+
+
+def _keeps_code_identity(fn: Any) -> Any:
+    """A decorator that keeps ``fn``'s code identity for Prefect, as compatibility decorators do."""
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    inner.__prefect_task_source__ = fn  # type: ignore[attr-defined]
+    return inner
+
+
+def _step_plus(n: int) -> Any:
+    """A function named ``step`` whose code differs for each ``n`` (the constant is in its bytecode)."""
+    namespace: dict[str, Any] = {"NodeContext": NodeContext}
+    exec(f"def step(x, *, context: NodeContext):\n    return x + {n}", namespace)
+    return namespace["step"]
+
+
+def test_code_identity_through_a_compatibility_decorator() -> None:
+    # Found by Prefect's own task tests (ci/prefect_task_semantics.py): @task over such a decorator
+    # keys and caches each function by its own code; @aether_task used the decorator's code for all.
+    from prefect.tasks import task_input_hash
+
+    zero, one = _step_plus(0), _step_plus(1)
+    t0 = aether_task(_keeps_code_identity(zero), cache_key_fn=task_input_hash, persist_result=True)
+    t1 = aether_task(_keeps_code_identity(one), cache_key_fn=task_input_hash, persist_result=True)
+    assert t0.task_key != t1.task_key
+    assert t0.task_key == task(_keeps_code_identity(zero)).task_key
+
+    @flow
+    def f() -> list[int]:
+        return [t0(5), t1(5), t0(5)]
+
+    assert f() == [5, 6, 5]  # t1(5) is not a cache hit of t0(5)
+
+
+def test_keyword_overload_carries_every_task_keyword_and_ours() -> None:
+    from aether_prefect._overrides import KNOWN_OVERRIDES
+
+    keyword = next(
+        sig for sig in map(inspect.signature, typing.get_overloads(aether_task)) if "retries" in sig.parameters
+    )
+    prefect_keywords = set(inspect.signature(task).parameters) - {"__fn"}
+    assert prefect_keywords <= set(keyword.parameters), prefect_keywords - set(keyword.parameters)
+    assert KNOWN_OVERRIDES <= set(keyword.parameters), KNOWN_OVERRIDES - set(keyword.parameters)
+    assert keyword.parameters["retries"].default is inspect.signature(task).parameters["retries"].default
