@@ -24,9 +24,11 @@ tasks in any number of processes lose no update among themselves.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import hashlib
 import math
+import random
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
@@ -52,6 +54,9 @@ _MAX_INLINE_KEY = 1000  # longer keys live only in the blob (scan_prefix reads i
 _MAX_INT = 2**63 - 1
 _PAGE = 200  # Prefect returns at most 200 variables per filter call
 _MARK = "_aekv"
+_LINGER_TICKS = 2  # event-loop ticks an incr drain waits for the next increment before giving the lock up
+_MAX_HOLD_S = 1.0  # longest an incr drain keeps a key's lock while increments keep coming
+_TURN_PAUSE_S = 0.1  # after giving it up for that reason, it waits up to this long before taking it again
 _MISSING = object()
 
 
@@ -460,7 +465,8 @@ class PrefectKV(BoundService):
 
         Exact under concurrency across processes (per-key lock); the key's expiry is kept. Increments of one
         key from this process that arrive while its lock is busy are applied together by the next locked
-        read-modify-write, each caller getting its own result.
+        read-modify-write, each caller getting its own result; the lock is kept (up to about a second)
+        while increments keep arriving, so a loop of ``await incr`` costs a read and a write per call.
 
         Example::
 
@@ -468,28 +474,28 @@ class PrefectKV(BoundService):
         """
         name = self._name(key)
         _check_number(key, amount)
-        return await _combiner(name).add(amount, lambda batch: self._incr_locked(key, name, batch))
+        return await _combiner(name).add(amount, self, key)
 
-    async def _incr_locked(self, key: str, name: str, amounts: list[int | float]) -> list[int | float]:
-        """One locked read-modify-write applying ``amounts`` in order; the value after each of them."""
-        async with self._lock(key) as lock:
-            var = await self._api.read(name)
-            alive, current, env = await self._load(key, name, var)
-            if not alive:
-                current, exp = 0, None
-            else:
-                exp = env.get("x") if env else None
-            if isinstance(current, bool) or not isinstance(current, (int, float)):
-                raise KVValidationError(
-                    f"cannot incr KV key {key!r}: it holds a {type(current).__name__}, not a number "
-                    "(set it to a number first, or incr another key)"
-                )
-            results = []
-            for amount in amounts:
-                current = current + amount
-                results.append(current)
-            await self._write_locked(prepare(self.namespace, name, key, current, exp), name, var, lock)
-            return results
+    async def _incr_under(self, lock: VariableLock, key: str, name: str,
+                          amounts: list[int | float]) -> list[int | float]:
+        """One read-modify-write under ``lock`` (held) applying ``amounts`` in order; the value after each."""
+        var = await self._api.read(name)
+        alive, current, env = await self._load(key, name, var)
+        if not alive:
+            current, exp = 0, None
+        else:
+            exp = env.get("x") if env else None
+        if isinstance(current, bool) or not isinstance(current, (int, float)):
+            raise KVValidationError(
+                f"cannot incr KV key {key!r}: it holds a {type(current).__name__}, not a number "
+                "(set it to a number first, or incr another key)"
+            )
+        results = []
+        for amount in amounts:
+            current = current + amount
+            results.append(current)
+        await self._write_locked(prepare(self.namespace, name, key, current, exp), name, var, lock)
+        return results
 
     async def update(self, key: str, fn: Callable[[Any], Any], *, ttl_s: float | None = None) -> Any:
         """Replace the value at ``key`` with ``fn(current)`` under the key's lock; return the new value.
@@ -645,6 +651,13 @@ class PrefectKV(BoundService):
                 "renewing: the process stalled?); writes made inside it may have raced another holder"
             )
 
+    async def aclose(self) -> None:
+        """Wait for this loop's increments in flight, so the locks they keep between calls are given back.
+
+        Example: ``await context.kv().aclose()  # the context does this when the task ends``
+        """
+        await flush_increments()
+
     async def _iter(self, name_prefix: str) -> AsyncIterator[tuple[str, dict[str, Any], dict[str, Any]]]:
         """(user key, variable, envelope) of every value variable whose name starts with ``name_prefix``."""
         offset = 0
@@ -679,52 +692,162 @@ class PrefectKV(BoundService):
 
 
 class _Combiner:
-    """Increments of one key from this process: those arriving while a locked write runs go in the next one."""
+    """Increments of one key from this process: those arriving while a locked write runs go in the next one.
+
+    The drain keeps the key's lock between batches while increments keep coming (a caller awaiting ``incr``
+    in a loop is back within an event-loop tick), so a run of increments pays the lock's create and delete
+    once instead of per call. It gives the lock up when no increment came within two ticks, after
+    ``_MAX_HOLD_S`` (then it pauses a moment before taking it again, so waiting processes get their turn),
+    when the lease is nearly spent (a stalled process takes a fresh lock rather than write late), and after
+    any error (a KVLockLost batch is never retried under the broken lock).
+    """
 
     def __init__(self, table: dict[str, "_Combiner"], name: str) -> None:
         self._table = table
         self._name = name
         self._pending: list[tuple[int | float, asyncio.Future[int | float]]] = []
         self._draining = False
+        self.task: asyncio.Task[None] | None = None
 
-    async def add(
-        self, amount: int | float, apply: Callable[[list[int | float]], Awaitable[list[int | float]]]
-    ) -> int | float:
+    async def add(self, amount: int | float, kv: "PrefectKV", key: str) -> int | float:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int | float] = loop.create_future()
         self._pending.append((amount, fut))
         if not self._draining:
-            self._draining = True
-            loop.create_task(self._drain(apply))  # a cancelled caller must not strand the others
+            self._start(kv, key)
         return await fut
 
-    async def _drain(self, apply: Callable[[list[int | float]], Awaitable[list[int | float]]]) -> None:
+    def _start(self, kv: "PrefectKV", key: str) -> None:
+        self._draining = True
+        self.task = asyncio.get_running_loop().create_task(self._drain(kv, key))  # not the caller's: a
+        # cancelled caller must not strand the others
+
+    async def _more(self) -> bool:
+        """True when an increment is pending, after letting the callers just answered come back."""
+        for _ in range(_LINGER_TICKS):
+            if self._pending:
+                return True
+            await asyncio.sleep(0)
+        return bool(self._pending)
+
+    async def _drain(self, kv: "PrefectKV", key: str) -> None:
+        lock: VariableLock | None = None
+        held_since = 0.0
+        finished = False
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
+            while await self._more():
+                if lock is not None and (time.monotonic() - held_since > _MAX_HOLD_S or not lock.usable()):
+                    turn_over = lock.usable()
+                    lock, old = None, lock
+                    await _release(old)
+                    if turn_over:  # let a process polling for the lock take it before we do again
+                        await asyncio.sleep(random.uniform(0.0, _TURN_PAUSE_S))
+                    continue
+                if lock is None:
+                    lock = kv._lock(key)
+                    try:
+                        await lock.acquire()
+                    except BaseException as exc:
+                        lock = None
+                        self._fail(self._take(), exc)
+                        if not isinstance(exc, Exception):
+                            raise
+                        continue
+                    held_since = time.monotonic()
+                batch = self._take()
                 try:
-                    results = await apply([amount for amount, _ in batch])
+                    results = await kv._incr_under(lock, key, self._name, [amount for amount, _ in batch])
                 except BaseException as exc:  # noqa: BLE001 - every caller of the batch gets the error
-                    for _, fut in batch:
-                        if fut.done():
-                            continue
-                        if isinstance(exc, asyncio.CancelledError):
-                            fut.cancel()
-                        else:
-                            fut.set_exception(exc)
+                    old, lock = lock, None
+                    await _release(old)
+                    self._fail(batch, exc)
                     if not isinstance(exc, Exception):
                         raise
                     continue
                 for (_, fut), value in zip(batch, results):
                     if not fut.done():
                         fut.set_result(value)
+            finished = True
         finally:
+            if lock is not None:
+                await _release(lock)
             self._draining = False
-            if not self._pending and self._table.get(self._name) is self:
+            if not finished:  # cancelled (loop shutting down): the callers still waiting are cancelled too
+                self._fail(self._take(), asyncio.CancelledError())
+            if self._pending:  # arrived while the lock was being released: start again
+                self._start(kv, key)
+            elif self._table.get(self._name) is self:
                 del self._table[self._name]
+
+    def _take(self) -> list[tuple[int | float, asyncio.Future[int | float]]]:
+        batch, self._pending = self._pending, []
+        return batch
+
+    @staticmethod
+    def _fail(batch: list[tuple[int | float, asyncio.Future[int | float]]], exc: BaseException) -> None:
+        for _, fut in batch:
+            if fut.done():
+                continue
+            if isinstance(exc, asyncio.CancelledError):
+                fut.cancel()
+            else:
+                fut.set_exception(exc)
+
+
+async def _release(lock: VariableLock) -> None:
+    """Release ``lock`` in this task even if the task is cancelled meanwhile (loop shutdown): it never stays held.
+
+    The release is one idempotent DELETE by id; a cancellation arriving during it is delivered afterwards.
+    """
+    cancelled = False
+    for _ in range(2):
+        try:
+            await lock.release_id()
+            break
+        except asyncio.CancelledError:
+            cancelled = True
+        except Exception as exc:  # noqa: BLE001 - the lease runs out by itself; waiters break it
+            import logging
+
+            logging.getLogger("aether_prefect.kv").warning("releasing the KV lock on %r failed: %s", lock.label, exc)
+            break
+    if cancelled:
+        raise asyncio.CancelledError()
+
+
+async def flush_increments() -> None:
+    """Wait until this event loop's incr drains have finished and given their locks back."""
+    table = _combiners.get(asyncio.get_running_loop(), {})
+    while True:
+        tasks = [c.task for c in list(table.values()) if c.task is not None and not c.task.done()]
+        if not tasks:
+            return
+        await asyncio.wait(tasks)
 
 
 _combiners: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Combiner]]" = weakref.WeakKeyDictionary()
+
+
+def _flush_at_exit() -> None:
+    """At interpreter exit, let incr drains on other threads' loops (the sync portal) give their locks back.
+
+    Registered after the portal's own exit hook, so it runs first, while those loops still run.
+    """
+    for loop, table in list(_combiners.items()):
+        if not table or loop.is_closed() or not loop.is_running():
+            continue
+        try:
+            if asyncio.get_running_loop() is loop:
+                continue
+        except RuntimeError:
+            pass
+        try:
+            asyncio.run_coroutine_threadsafe(flush_increments(), loop).result(timeout=10)
+        except Exception:  # noqa: BLE001 - best effort: a lock left behind runs out with its lease
+            pass
+
+
+atexit.register(_flush_at_exit)
 
 
 def _combiner(name: str) -> _Combiner:

@@ -40,7 +40,7 @@ from aether_prefect.errors import KVError, KVLockLost
 
 _log = logging.getLogger("aether_prefect.kv")
 _FIRST_POLL_S = 0.004  # a waiter's first re-read; then x1.5 per poll, with full jitter
-_MAX_POLL_S = 0.06  # waiters re-read the lock at most this far apart (holds last ~10-50 ms)
+_MAX_POLL_S = 0.12  # waiters re-read the lock at most this far apart (an incr run keeps it up to 1 s)
 _GRACE = 1.5  # a waiter breaks a lock left unchanged for 1.5 leases; the holder stops writing at 0.75 of one
 _HOST = socket.gethostname()
 #: Environment variable setting the default lease of KV locks, in seconds (default 30).
@@ -93,6 +93,7 @@ class VariableLock:
         self._valid_until = 0.0  # monotonic: the lease runs out here unless renewed
         self._lost = False
         self._renewer: asyncio.Task[None] | None = None
+        self._released_id: str | None = None
 
     def _value(self) -> dict[str, Any]:
         return {"owner": uuid.uuid4().hex, "lease_s": self.lease_s, "pid": os.getpid(), "host": _HOST}
@@ -144,6 +145,11 @@ class VariableLock:
         """True once a renewal found the lock broken by a waiter."""
         return self._lost
 
+    def usable(self) -> bool:
+        """True while held with well over the safety margin of the lease left (worth starting another write)."""
+        return (self._id is not None and not self._lost
+                and time.monotonic() < self._valid_until - 2 * safety_margin(self.lease_s))
+
     def check(self) -> None:
         """Raise KVLockLost unless this holder may still write: call it just before every write under the lock."""
         if self._id is None or self._lost or time.monotonic() > self._valid_until - safety_margin(self.lease_s):
@@ -176,12 +182,21 @@ class VariableLock:
     async def release(self) -> bool:
         """Delete this lock instance (by id); False when it had already been broken by a waiter."""
         var_id, self._id = self._id, None
+        self._released_id = var_id
         renewer, self._renewer = self._renewer, None
         if renewer is not None:
             renewer.cancel()
         if var_id is None:
             return False
         return await self._api.delete_id(var_id)
+
+    async def release_id(self) -> bool:
+        """Like :meth:`release`, and safe to call again if a call was interrupted (DELETE by id is idempotent)."""
+        if self._id is not None:
+            return await self.release()
+        if self._released_id is None:
+            return False
+        return await self._api.delete_id(self._released_id)
 
     async def __aenter__(self) -> "VariableLock":
         await self.acquire()

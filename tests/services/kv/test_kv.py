@@ -226,6 +226,54 @@ def test_user_lock_and_sync_twin_of_lock(kv: PrefectKV) -> None:
     assert kv.sync.incr("guarded") == 1
 
 
+class _CountingAPI(VariablesAPI):
+    """Counts the Variables requests by kind ("create:lock", "read", "patch", ...)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def _count(self, kind: str, name: str = "") -> None:
+        kind += ":lock" if f"_{kv_names.LOCK_KIND}_" in name else ""
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+
+    async def read(self, name: str) -> Any:
+        self._count("read", name)
+        return await super().read(name)
+
+    async def create(self, name: str, value: Any) -> Any:
+        self._count("create", name)
+        return await super().create(name, value)
+
+    async def patch(self, name: str, value: Any) -> bool:
+        self._count("patch", name)
+        return await super().patch(name, value)
+
+    async def delete_id(self, var_id: str) -> bool:
+        self._count("delete_id")
+        return await super().delete_id(var_id)
+
+
+def test_a_run_of_increments_keeps_the_lock_and_gives_it_back(kv: PrefectKV, monkeypatch: pytest.MonkeyPatch) -> None:
+    """20 awaited incr in a row take the key's lock once (a read and a write each); it is gone when the loop ends."""
+    import asyncio
+
+    from aether_prefect.services import kv as kv_module
+
+    monkeypatch.setattr(kv_module, "_MAX_HOLD_S", 3600.0)  # no turn-over: the count below is exact
+    api = _CountingAPI()
+    counting = PrefectKV(kv.ctx, api=api)
+
+    async def main() -> list[Any]:
+        return [await counting.incr("run") for _ in range(20)]  # returns at once: no flush, no close
+
+    assert asyncio.run(main()) == list(range(1, 21))
+    # Released once; a second DELETE by id when the loop's shutdown cancelled the first one in flight.
+    assert api.counts.get("create:lock") == 1 and api.counts.get("delete_id") in (1, 2)
+    assert api.counts.get("read") == 20 and api.counts.get("patch", 0) + api.counts.get("create", 0) == 20
+    assert raw_read(kv_names.variable_name(kv.namespace, "run", kv_names.LOCK_KIND)) is None  # released at exit
+    assert kv.sync.incr("run") == 21
+
+
 async def _try_incr(kv: PrefectKV, key: str) -> Any:
     async with kv._lock(key, timeout_s=0.3):
         return None
@@ -369,15 +417,17 @@ STALL_CHILD = textwrap.dedent(
     ns, root, worker = sys.argv[1], sys.argv[2], int(sys.argv[3])
 
     class StallingAPI(VariablesAPI):
-        # Worker 0 stops itself (SIGSTOP) while it holds the lock: after its 10th lock create and at
-        # its 30th read of the counter; the test continues it (SIGCONT) after 3 leases.
+        # Worker 0 stops itself (SIGSTOP) while it holds the lock: after its 2nd lock create and at
+        # its 30th read of the counter; the test continues it (SIGCONT) after 3 leases. (A run of
+        # increments keeps the lock between calls, so a worker takes it only a few times: the 2nd
+        # create comes at the latest when it takes the lock again after the stall at the 30th read.)
         creates = reads = 0
 
         async def create(self, name, value):
             out = await super().create(name, value)
             if worker == 0 and out is not None and "_l_" in name:
                 StallingAPI.creates += 1
-                if StallingAPI.creates == 10:
+                if StallingAPI.creates == 2:
                     os.kill(os.getpid(), signal.SIGSTOP)
             return out
 
