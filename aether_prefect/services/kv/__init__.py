@@ -26,6 +26,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import contextvars
+import functools
+import inspect
 import hashlib
 import math
 import random
@@ -38,7 +41,7 @@ import anyio
 import orjson
 
 from aether_prefect._prefect import variables
-from aether_prefect._sync import async_cm
+from aether_prefect._sync import SyncView, async_cm, run_sync
 from aether_prefect.errors import IntegrityError, KVError, KVLockLost, KVValidationError
 from aether_prefect.services.kv import _names as names
 from aether_prefect.services.base import BoundService
@@ -271,6 +274,17 @@ class PrefectKV(BoundService):
     def __repr__(self) -> str:
         return f"PrefectKV(namespace={self.namespace!r})"
 
+    @property
+    def sync(self) -> Any:
+        """Blocking twin: ``kv.sync.incr("k")`` runs ``await kv.incr("k")`` to completion.
+
+        A blocking caller's next increment cannot come within a loop tick, so its ``incr`` gives the key's
+        lock back before returning instead of keeping it for a next call.
+
+        Example: ``n = context.kv().sync.incr("runs")``
+        """
+        return _KVSyncView(self)
+
     # -- helpers ------------------------------------------------------------
 
     def _name(self, key: str) -> str:
@@ -474,7 +488,7 @@ class PrefectKV(BoundService):
         """
         name = self._name(key)
         _check_number(key, amount)
-        return await _combiner(name).add(amount, self, key)
+        return await _combiner(name).add(amount, self, key, linger=not _from_sync.get())
 
     async def _incr_under(self, lock: VariableLock, key: str, name: str,
                           amounts: list[int | float]) -> list[int | float]:
@@ -691,6 +705,30 @@ class PrefectKV(BoundService):
         return key if isinstance(key, str) else None
 
 
+_from_sync: contextvars.ContextVar[bool] = contextvars.ContextVar("aether_kv_from_sync", default=False)
+
+
+class _KVSyncView(SyncView):  # type: ignore[type-arg]
+    """The KV's blocking view: marks its calls so a blocking ``incr`` does not keep the lock after returning."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not inspect.iscoroutinefunction(attr):
+            return super().__getattr__(name)
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            async def marked() -> Any:
+                _from_sync.set(True)
+                return await attr(*args, **kwargs)
+
+            return run_sync(marked())
+
+        return call
+
+
 class _Combiner:
     """Increments of one key from this process: those arriving while a locked write runs go in the next one.
 
@@ -707,12 +745,15 @@ class _Combiner:
         self._name = name
         self._pending: list[tuple[int | float, asyncio.Future[int | float]]] = []
         self._draining = False
+        self._linger = False  # some pending caller can come back with its next increment within a tick
+        self._batch_linger = False  # the same, for the batch being written
         self.task: asyncio.Task[None] | None = None
 
-    async def add(self, amount: int | float, kv: "PrefectKV", key: str) -> int | float:
+    async def add(self, amount: int | float, kv: "PrefectKV", key: str, *, linger: bool = True) -> int | float:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int | float] = loop.create_future()
         self._pending.append((amount, fut))
+        self._linger = self._linger or linger
         if not self._draining:
             self._start(kv, key)
         return await fut
@@ -724,7 +765,7 @@ class _Combiner:
 
     async def _more(self) -> bool:
         """True when an increment is pending, after letting the callers just answered come back."""
-        for _ in range(_LINGER_TICKS):
+        for _ in range(_LINGER_TICKS if self._batch_linger else 0):
             if self._pending:
                 return True
             await asyncio.sleep(0)
@@ -764,6 +805,11 @@ class _Combiner:
                     if not isinstance(exc, Exception):
                         raise
                     continue
+                if not self._batch_linger and not self._pending:
+                    # Only blocking callers: give the lock back before answering (they cannot come back
+                    # within a tick, and then return with the key unlocked, as without the drain).
+                    old, lock = lock, None
+                    await _release(old)
                 for (_, fut), value in zip(batch, results):
                     if not fut.done():
                         fut.set_result(value)
@@ -781,6 +827,7 @@ class _Combiner:
 
     def _take(self) -> list[tuple[int | float, asyncio.Future[int | float]]]:
         batch, self._pending = self._pending, []
+        self._batch_linger, self._linger = self._linger, False
         return batch
 
     @staticmethod
