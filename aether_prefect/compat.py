@@ -12,7 +12,8 @@
 - ``run(target, inputs=None, run_id=None, max_concurrency=None)`` / ``await run_async(...)``: run it as a
   flow. A ``run_id`` becomes the session id with session-level memory, so runs that share a run_id share
   a memory timeline (what AetherGraph's examples use a fixed run_id for).
-- The builtin tools ``send_text``/``ask_text``/``ask_approval`` use the running context's channel.
+- The builtin tools ``send_text``/``ask_text``/``ask_approval``/``ask_files``/``send_buttons``/``get_latest_uploads``
+  use the running context's channel; ``Button`` is AetherGraph's button.
 
 AetherGraph's decorator keywords that describe its UI (``as_app``, ``as_agent``, ``description``, ...)
 are accepted and ignored.
@@ -46,6 +47,7 @@ from aether_prefect._runtime_services import current_services
 from aether_prefect.context import NodeContext, current_context
 from aether_prefect.server import start_server, stop_server
 from aether_prefect.services.base import Service, register_context_service
+from aether_prefect.services.channel import Button
 from aether_prefect.session import open_session
 
 _in_graphify: contextvars.ContextVar[bool] = contextvars.ContextVar("aether_in_graphify", default=False)
@@ -307,26 +309,60 @@ def run(target: Any, inputs: dict[str, Any] | None = None, **kwargs: Any) -> Any
 # -- builtin tools (AetherGraph's aethergraph.tools) -----------------------------------------------------
 
 
-async def send_text(text: str, **_kw: Any) -> dict[str, Any]:
-    """Send ``text`` on the running context's channel."""
-    await current_context().channel().send_text(text)
+# They are @tool functions, as in AetherGraph: awaited in a @graph_fn, or nodes (handles) in a @graphify body.
+
+
+async def _send_text(text: str, *, meta: dict[str, Any] | None = None, channel: str | None = None,
+                     context: NodeContext) -> dict[str, Any]:
+    """Send ``text`` on the context's channel (``channel``: a key or alias): ``{"ok": True}``."""
+    await context.channel(channel).send_text(text, meta=meta)
     return {"ok": True}
 
 
-async def ask_text(prompt: str, **kw: Any) -> dict[str, Any]:
-    """Ask a person on the running context's channel: ``{"text": answer}``."""
-    return {"text": await current_context().channel().ask_text(prompt, **kw)}
+async def _ask_text(*, prompt: str, timeout_s: float = 3600, channel: str | None = None, silent: bool = False,
+                    context: NodeContext, **_kw: Any) -> dict[str, Any]:
+    """Ask a person on the context's channel: ``{"text": answer}``."""
+    return {"text": await context.channel(channel).ask_text(prompt, timeout_s=timeout_s)}
 
 
-async def ask_approval(prompt: str, options: Iterable[str] = ("Approve", "Reject"), **kw: Any) -> dict[str, Any]:
-    """Ask for an approval on the running context's channel: ``{"approved", "choice", ...}``."""
-    return dict(await current_context().channel().ask_approval(prompt, options=tuple(options), **kw))
+async def _ask_approval(*, prompt: str, options: Iterable[Any] = ("Approve", "Reject"), timeout_s: float = 3600,
+                        channel: str | None = None, context: NodeContext, **_kw: Any) -> dict[str, Any]:
+    """Ask for an approval on the context's channel: ``{"approved", "choice", "reason"}``."""
+    return dict(await context.channel(channel).ask_approval(prompt, options=list(options), timeout_s=timeout_s))
+
+
+async def _ask_files(*, prompt: str, accept: list[str] | None = None, multiple: bool = True, timeout_s: float = 3600,
+                     channel: str | None = None, context: NodeContext, **_kw: Any) -> dict[str, Any]:
+    """Ask a person for files (paths or store URIs here): ``{"text", "files": [FileRef, ...]}``."""
+    return dict(await context.channel(channel).ask_files(prompt, accept=accept, multiple=multiple,
+                                                         timeout_s=timeout_s))
+
+
+async def _send_buttons(*, text: str, buttons: Any, meta: dict[str, Any] | None = None, channel: str | None = None,
+                        context: NodeContext) -> dict[str, Any]:
+    """Send ``text`` with its buttons listed (no wait for a click): ``{"ok": True}``."""
+    await context.channel(channel).send_buttons(text, buttons, meta=meta)
+    return {"ok": True}
+
+
+async def _get_latest_uploads(*, clear: bool = True, context: NodeContext) -> dict[str, Any]:
+    """The files of this run's upload inbox: ``{"files": [FileRef, ...]}``."""
+    return {"files": await context.channel().get_latest_uploads(clear=clear)}
+
+
+send_text = tool(_send_text, name="send_text", outputs=["ok"])
+ask_text = tool(_ask_text, name="ask_text", outputs=["text"])
+ask_approval = tool(_ask_approval, name="ask_approval", outputs=["approved", "choice"])
+ask_files = tool(_ask_files, name="ask_files", outputs=["text", "files"])
+send_buttons = tool(_send_buttons, name="send_buttons", outputs=["ok"])
+get_latest_uploads = tool(_get_latest_uploads, name="get_latest_uploads", outputs=["files"])
 
 
 #: AetherGraph's ``aethergraph.server.start.start`` (``from aethergraph.server import start``): the same call.
 start = start_server
 
 __all__ = [
+    "Button",
     "GraphFunction",
     "GraphifyFunction",
     "HttpMCPClient",
@@ -337,9 +373,11 @@ __all__ = [
     "StdioMCPClient",
     "ToolFunction",
     "ask_approval",
+    "ask_files",
     "ask_text",
     "current_context",
     "current_services",
+    "get_latest_uploads",
     "graph_fn",
     "graphify",
     "list_mcp_clients",
@@ -349,6 +387,7 @@ __all__ = [
     "register_mcp_client",
     "run",
     "run_async",
+    "send_buttons",
     "send_text",
     "set_channel_alias",
     "set_default_channel",

@@ -95,6 +95,7 @@ def _reason(stdout: str, stderr: str, code: int | None) -> str:
 
 _CONSOLE = re.compile(r"""["']console(?::\w+)?["']""")
 _PROMPT_END = "> "
+_FILES_ASKED = "Prefect cannot upload files"  # ask_files' hint: the answer names files (paths), see _uploads.hint
 _MENU = re.compile(r"^\s+1\. ", re.M)
 
 
@@ -184,7 +185,8 @@ def run_case(case: Case, env: dict[str, str], timeout: float) -> Outcome:
 class Responder:
     """A person at the Prefect UI: answers every pending question through the inbox (``answer``).
 
-    Text: :func:`text_answer` per flow run and prompt; approvals: approve; choices: the first option.
+    Text: :func:`text_answer` per flow run and prompt; approvals: approve; choices: the first option; a file
+    question (``ask_files``): the path of a small file of the first expected type, written for it.
     Examples that ask on the console get a terminal and the same answers typed (``_console_session``).
     """
 
@@ -200,6 +202,15 @@ class Responder:
         self._thread.start()
         return self
 
+    def _file_for(self, prompt: str) -> Path:
+        """The file a person would name for an ``ask_files`` question: a small one of the first expected type."""
+        m = re.search(r"expected: ([^;)]*)", prompt)
+        ext = next((e.strip() for e in (m.group(1).split(",") if m else []) if e.strip().startswith(".")), ".txt")
+        path = Path(tempfile.mkdtemp(prefix="ag-upload-")) / f"upload{ext}"
+        path.write_text("x,y\n1,2\n2,4\n3,6\n" if ext == ".csv" else
+                        "Method: fit y = a*x + b to the points (1,2), (2,4), (3,6) by least squares and plot it.\n")
+        return path
+
     def _loop(self) -> None:
         from aether_prefect import answer, pending_questions
 
@@ -209,7 +220,9 @@ class Responder:
                     key = f"{q.flow_run_id}:{q.prompt}"
                     n = self._asked.get(key, 0)
                     self._asked[key] = n + 1
-                    if q.kind == "text":
+                    if q.kind == "text" and _FILES_ASKED in q.prompt:
+                        answer(q.flow_run_id, text=str(self._file_for(q.prompt)), question_id=q.question_id)
+                    elif q.kind == "text":
                         answer(q.flow_run_id, text=text_answer(n), question_id=q.question_id)
                     elif q.kind == "approval":
                         answer(q.flow_run_id, approve=True, question_id=q.question_id)

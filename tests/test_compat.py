@@ -6,6 +6,7 @@ Prefect server, real local store and the loopback OpenAI-compatible server; and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterator
@@ -515,3 +516,112 @@ async def test_registered_openai_profile_without_base_url_uses_openai_base_url(
     monkeypatch.delenv("OPENAI_BASE_URL")
     async with open_session(config=local_config) as context:
         assert context.llm(profile="my_openai").base_url == "https://api.openai.com/v1"  # the provider's own URL
+
+
+# -- 7. channel: AetherGraph's Button / send_buttons and ask_files / get_latest_uploads ------------------
+
+
+def _answer_next(prompt_part: str, **how: object) -> str:
+    """Answer the first pending question whose prompt contains ``prompt_part`` through the inbox; its prompt."""
+    from aether_prefect import answer, pending_questions
+    from tests.services.channel._helpers import wait_for
+
+    q = wait_for(lambda: next((q for q in pending_questions() if prompt_part in q.prompt), None), 90,
+                 f"a question containing {prompt_part!r}")
+    answer(q.flow_run_id, question_id=q.question_id, **how)  # type: ignore[arg-type]
+    return q.prompt
+
+
+def test_buttons_as_aethergraph_writes_them(local_config: AetherConfig, caplog: pytest.LogCaptureFixture,
+                                           prefect_server) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from aether_prefect import pending_questions
+    from aether_prefect.compat import Button, send_buttons
+    from tests.services.channel._helpers import Background, wait_for
+
+    seen: dict[str, object] = {}
+
+    @aether_task(config=local_config)
+    async def pick(*, context: NodeContext) -> tuple[object, object]:
+        chan = context.channel()
+        await chan.send_buttons("Links:", [Button(label="Download Data", value="https://example.com/d.csv"),
+                                           Button(label="View Dashboard", url="https://example.com/dash")], meta={})
+        await send_buttons(text="Also:", buttons={"open": Button(label="Open report", url="https://example.com/r")},
+                           context=context)  # the tool form, with the docs' dict of buttons
+        r = await chan.ask_choices("Mode?", [Button(label="Safe", value="safe"), Button(label="Fast", value="fast")])
+        ok = await chan.ask_approval("Ship it?", options=[Button(label="Yes", value="y"), Button(label="No")])
+        return r, ok
+
+    @flow(name="compat-buttons")
+    async def f() -> tuple[object, object]:
+        return await pick()
+
+    with caplog.at_level(logging.INFO, logger="aether_prefect"):
+        run = Background(lambda: asyncio.run(f()))
+        q = wait_for(lambda: next((q for q in pending_questions() if q.prompt == "Mode?"), None), 90, "the choice")
+        assert [(o.id, o.label) for o in q.options] == [("safe", "Safe"), ("fast", "Fast")]
+        _answer_next("Mode?", choice="fast")
+        _answer_next("Ship it?", choice="Yes")
+        r, ok = run.join(120)
+    assert (r.choice, r.choice_label, r.matched) == ("fast", "Fast", True)  # type: ignore[attr-defined]
+    assert ok == {"approved": True, "choice": "Yes", "reason": None}
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "Links:\n- Download Data: https://example.com/d.csv\n- View Dashboard: https://example.com/dash" in logged
+    assert "Also:\n- Open report: https://example.com/r" in logged
+    seen.clear()
+
+
+def test_ask_files_takes_paths_saves_artifacts_and_fills_the_upload_inbox(
+        local_config: AetherConfig, tmp_path: Path, prefect_server) -> None:  # type: ignore[no-untyped-def]
+    from aether_prefect.compat import ask_files, get_latest_uploads, graphify, run, send_text, tool
+    from tests.services.channel._helpers import Background
+
+    csv = tmp_path / "data.csv"
+    csv.write_text("a,b\n1,2\n3,4\n")
+    seen: dict[str, object] = {}
+
+    @aether_task(config=local_config)
+    async def ask(*, context: NodeContext) -> dict[str, object]:
+        chan = context.channel()
+        r = await chan.ask_files("Please upload a CSV file.", accept=[".csv"], multiple=False)
+        seen["inbox"] = await chan.get_latest_uploads(clear=False)
+        seen["tool_inbox"] = await get_latest_uploads(context=context)
+        seen["after_clear"] = await chan.get_latest_uploads()
+        f0 = r.files[0]
+        seen["bytes"] = await context.artifacts().load_bytes(f0["uri"])
+        return r
+
+    @flow(name="compat-ask-files")
+    async def f() -> dict[str, object]:
+        return await ask()
+
+    bg = Background(lambda: asyncio.run(f()))
+    prompt = _answer_next("Please upload a CSV file.", text="3")  # not a file: asked again, saying why
+    assert "Prefect cannot upload files" in prompt and "expected: .csv" in prompt
+    again = _answer_next("'3' is not an existing file", text=str(csv))
+    assert again.startswith("'3' is not an existing file; please answer again.")
+    r = bg.join(120)
+    assert r["text"] == "" and r.files == r["files"] and len(r["files"]) == 1
+    ref = r["files"][0]
+    assert (ref["name"], ref["mimetype"], ref["size"], ref["platform"], ref["channel_key"]) == (
+        "data.csv", "text/csv", csv.stat().st_size, "prefect", "ui")
+    assert seen["bytes"] == csv.read_bytes() and ref["id"] and ref["uri"] != str(csv)  # saved as an artifact (a copy)
+    assert seen["inbox"] == [ref] and seen["tool_inbox"] == {"files": [ref]} and seen["after_clear"] == []
+    assert csv.exists()  # copied, never moved
+
+    # The examples' @graphify form: files = ask_files(...); pick_first(files=files.files); send_text(...).
+    @tool(outputs=["uri", "name"])
+    async def pick_first(files: list, *, context: NodeContext) -> dict[str, str]:
+        return {"uri": files[0]["uri"], "name": files[0]["name"]}
+
+    @graphify(name="csv_upload", inputs=[], outputs=["name"])
+    def pipeline():  # type: ignore[no-untyped-def]
+        files = ask_files(prompt="Upload the CSV for the graph.", accept=[".csv"], multiple=False)
+        first = pick_first(files=files.files, _after=files)
+        send_text(text="got it", _after=first)
+        return {"name": first.name}
+
+    bg = Background(lambda: run(pipeline, inputs={}))
+    _answer_next("Upload the CSV for the graph.", text=f"file://{csv}")
+    assert bg.join(120) == {"name": "data.csv"}

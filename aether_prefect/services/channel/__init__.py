@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aether_prefect.errors import ChannelError, ValidationError
 from aether_prefect.services.base import BoundService
-from aether_prefect.services.channel import _console, _external, _file, _notify, _questions
+from aether_prefect.services.channel import _console, _external, _file, _notify, _questions, _uploads
 from aether_prefect.services.channel._inbox import PendingQuestion, aanswer, answer, apending_questions, pending_questions
 from aether_prefect.services.channel._forms import (
+    Button,
     ChoiceResult,
     Kind,
     Option,
@@ -152,7 +153,83 @@ class ChannelService(BoundService):
         await self._remember("assistant", line)
         return artifact
 
+    async def send_buttons(
+        self, text: str, buttons: Sequence[Any] | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None,
+        channel: str | None = None, **_memory: Any,
+    ) -> None:
+        """AetherGraph's ``send_buttons``: the message with its buttons listed (a link button as its URL).
+
+        Like AetherGraph it does not wait for a click (ask with ``ask_choices(prompt, buttons)`` to wait);
+        Prefect's UI has no buttons, so the buttons become lines of the message. ``memory_*`` keywords are
+        accepted (the message is recorded in memory as every ``send_text`` is).
+
+        Example: ``await context.channel().send_buttons("Report ready:", [Button(label="Open", url=report_url)])``
+        """
+        if not isinstance(text, str):
+            raise ValidationError(f"text must be a str, got {type(text).__name__}")
+        items = list(buttons.values()) if isinstance(buttons, Mapping) else buttons
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence) or not items:
+            raise ValidationError(f"buttons must be a non-empty list of Button (or a dict of them), got {buttons!r}")
+        lines = []
+        for b in items:
+            if not isinstance(b, Button) and not hasattr(b, "label"):
+                raise ValidationError(f"each button must be a Button(label=..., value=... or url=...), got {b!r}")
+            target = b.url or b.value
+            lines.append(f"- {b.label}" + (f": {target}" if target else ""))
+        service = self if channel is None else ChannelService(self.ctx, channel)
+        await service.send_text(text + "\n" + "\n".join(lines), meta=meta)
+
     # -- questions ------------------------------------------------------------
+
+    async def ask_files(
+        self, prompt: str, *, accept: Sequence[str] | None = None, multiple: bool = True, timeout_s: float = 3600,
+        channel: str | None = None, **_memory: Any,
+    ) -> "_uploads.FilesAnswer":
+        """AetherGraph's ``ask_files``: a person names files, returned as ``{"text", "files": [FileRef, ...]}``.
+
+        Prefect's pause form cannot upload files, so the question (a text question, answered in the UI or
+        the inbox like any other) asks for paths on the worker's machine or store URIs (``file://``,
+        ``s3://``); an answer naming no existing file or a foreign URI is asked again with what was wrong.
+        Local files are saved with ``context.artifacts()`` (copied) and the ``FileRef``'s ``uri`` is the
+        artifact's; the files also land in the upload inbox (``get_latest_uploads``). ``accept`` is shown
+        as a hint, as in AetherGraph. The result also reads as ``result.text`` / ``result.files``.
+
+        Example: ``r = await context.channel().ask_files("Upload the CSV", accept=[".csv"]); r["files"][0]["uri"]``
+        """
+        prompt = check_prompt(prompt)
+        if not isinstance(multiple, bool):
+            raise ValidationError(f"multiple must be a bool, got {multiple!r}")
+        if accept is not None and (isinstance(accept, str) or not all(isinstance(a, str) for a in accept)):
+            raise ValidationError(f"accept must be a list of str such as ['.csv', 'text/csv'], got {accept!r}")
+        deadline = time.monotonic() + check_timeout(timeout_s)
+        question, problem = f"{prompt}\n{_uploads.hint(multiple, accept)}", None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                from aether_prefect.errors import ChannelTimeout
+
+                raise ChannelTimeout(f"no valid file answer to {short(prompt)!r} within {timeout_s}s (last: {problem})")
+            asked = f"{problem}; please answer again.\n{question}" if problem else question
+            raw = await self.ask_text(asked, timeout_s=max(left, 1.0), channel=channel)
+            items, problem = _uploads.parse(raw, multiple)
+            if problem is None:
+                break
+        key = self._upload_key(channel)
+        refs = await _uploads.to_file_refs(self.ctx, items, key)
+        _uploads.put(self.ctx, key, refs)
+        return _uploads.FilesAnswer(text="" if items else raw.strip(), files=refs)
+
+    async def get_latest_uploads(self, *, clear: bool = True) -> list[dict[str, Any]]:
+        """AetherGraph's ``get_latest_uploads``: the files named in this run's ``ask_files`` answers on this
+        channel (``FileRef`` dicts, oldest first), emptied when ``clear``; [] when none.
+
+        Example: ``files = await context.channel().get_latest_uploads()``
+        """
+        return _uploads.take(self.ctx, self._upload_key(None), bool(clear))
+
+    def _upload_key(self, channel: str | None) -> str:
+        key = _check_key(channel) if channel is not None else self.channel_key
+        return key or "ui"
 
     async def ask_text(
         self, prompt: str, *, timeout_s: float = 3600, channel: str | None = None, hold_worker: bool = True
@@ -194,6 +271,8 @@ class ChannelService(BoundService):
         Example: ``ok = await context.channel().ask_approval("Publish?"); ok["approved"]``
         """
         prompt = check_prompt(prompt)
+        if not isinstance(options, (str, bytes)) and isinstance(options, Sequence):  # AetherGraph Buttons: their labels
+            options = [o.label if isinstance(o, Button) else o for o in options]
         opts = check_options(options)
         timeout = check_timeout(timeout_s)
         route = self._route(prompt, channel)
@@ -407,6 +486,6 @@ def create(ctx: "NodeContext", channel_key: str | None = None) -> ChannelService
 
 
 __all__ = [
-    "ChannelService", "ChoiceResult", "PendingQuestion", "TextAnswer", "aanswer", "answer", "apending_questions",
+    "Button", "ChannelService", "ChoiceResult", "PendingQuestion", "TextAnswer", "aanswer", "answer", "apending_questions",
     "create", "pending_questions",
 ]

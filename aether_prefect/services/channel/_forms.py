@@ -34,6 +34,20 @@ class ChoiceResult:
     choice_labels: tuple[str, ...] = ()
 
 
+@dataclass
+class Button:
+    """AetherGraph's ``Button`` (``from aethergraph import Button``): a labelled value or link.
+
+    In ``ask_choices``/``ask_approval`` options a button is the option ``id=value or url or label``;
+    ``send_buttons`` lists them (links as URLs) in the message. ``style`` is accepted and has no effect here.
+    """
+
+    label: str
+    value: str | None = None
+    url: str | None = None
+    style: str | None = None
+
+
 class Option(pydantic.BaseModel):
     """One option of a question: ``id`` is what the task gets back, ``label`` what the person sees."""
 
@@ -73,12 +87,15 @@ def build_options(options: Any) -> list[Option]:
     """``ask_choices``'s options as AetherGraph takes them: str, or mappings with ``id`` and/or ``label``."""
     if isinstance(options, (str, bytes)) or not isinstance(options, Sequence) or isinstance(options, Mapping):
         raise ValidationError(
-            f"options must be a list of str or {{'id', 'label'}} dicts such as ['Yes', 'No'], got {options!r}"
+            f"options must be a list of str, {{'id', 'label'}} dicts or Buttons such as ['Yes', 'No'], got {options!r}"
         )
     built: list[Option] = []
     for raw in options:
         if isinstance(raw, str):
             label = choice_id = raw.strip()
+        elif isinstance(raw, Button) or (hasattr(raw, "label") and hasattr(raw, "value") and not hasattr(raw, "id")):
+            label = str(raw.label or "").strip()
+            choice_id = str(raw.value or getattr(raw, "url", None) or label).strip()
         elif isinstance(raw, Mapping) or (hasattr(raw, "id") and hasattr(raw, "label")):  # dict or AG's ChoiceOption
             get = raw.get if isinstance(raw, Mapping) else (lambda k, _r=raw: getattr(_r, k, None))
             label = str(get("label") or get("name") or get("id") or "").strip()
