@@ -625,3 +625,26 @@ def test_ask_files_takes_paths_saves_artifacts_and_fills_the_upload_inbox(
     bg = Background(lambda: run(pipeline, inputs={}))
     _answer_next("Upload the CSV for the graph.", text=f"file://{csv}")
     assert bg.join(120) == {"name": "data.csv"}
+
+
+async def test_send_file_bytes_and_stream_as_aethergraph_writes_them(
+        local_config: AetherConfig, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="aether_prefect"):
+        async with open_session(config=local_config) as context:
+            chan = context.channel()
+            art = await chan.send_file(file_bytes=b"PK\x03\x04zip", filename="AAPL_export.zip", title="tick data")
+            assert await context.artifacts().load_bytes(art.uri) == b"PK\x03\x04zip" and art.name == "AAPL_export.zip"
+            assert await chan.send_file("https://example.com/r.pdf", title="report") is None  # AG's url argument
+            async with chan.stream() as s:
+                await s.delta("• update 1\n")
+                await s.delta("• update 2\n")
+                await s.end(full_text="Live report complete.\n• update 1\n• update 2\n")
+            async with chan.stream() as s:
+                await s.delta("never ended")  # as in AetherGraph: nothing is sent without end()
+            with pytest.raises(ValidationError, match="one of"):
+                await chan.send_file(file_bytes=b"x", url="https://example.com/x")
+    logged = [r.getMessage() for r in caplog.records]
+    assert f"tick data: {art.uri}" in logged and "report: https://example.com/r.pdf" in logged
+    assert "Live report complete.\n• update 1\n• update 2\n" in logged and "never ended" not in logged

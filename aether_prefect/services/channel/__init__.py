@@ -9,8 +9,10 @@ console when stdin is a terminal. ``context.channel("console")`` always uses the
 
 from __future__ import annotations
 
+import contextlib
+import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -131,27 +133,63 @@ class ChannelService(BoundService):
         await self._remember("assistant", text)
         return artifact_id
 
-    async def send_file(self, file: str | Path | Any, *, name: str | None = None, title: str | None = None) -> Any:
-        """Share a file: a path is saved with ``context.artifacts()`` (published in the run); logs a link to it.
+    async def send_file(
+        self, file: str | Path | Any = None, *, name: str | None = None, title: str | None = None,
+        file_bytes: bytes | None = None, filename: str | None = None, url: str | None = None,
+        channel: str | None = None, artifact_kind: str = "file", artifact_labels: dict[str, Any] | None = None,
+        **_memory: Any,
+    ) -> Any:
+        """Share a file: a path (or AetherGraph's ``file_bytes=`` + ``filename=``) is saved with
+        ``context.artifacts()`` (published in the run) and a line naming it is sent; returns the Artifact.
 
-        ``file`` may also be an ``Artifact`` already saved. Returns the Artifact.
+        ``file`` may also be an ``Artifact`` already saved; a link (``url=``, or an http(s) URL as ``file``,
+        AetherGraph's first argument) is sent as a line and returns None. ``artifact_kind``/``artifact_labels``
+        are the saved artifact's kind and labels; AetherGraph's ``memory_*`` keywords are accepted.
 
         Example: ``await context.channel().send_file("out/report.csv", title="report")``
         """
-        if isinstance(file, (str, Path)):
+        if isinstance(file, str) and re.match(r"^https?://", file) and url is None:
+            file, url = None, file
+        given = [x for x in (file, file_bytes, url) if x is not None]
+        if len(given) != 1:
+            raise ValidationError("send_file takes one of: a path or Artifact, file_bytes= (with filename=), or url=")
+        service = self if channel is None else ChannelService(self.ctx, channel)
+        if url is not None:
+            if not isinstance(url, str) or not re.match(r"^https?://", url):
+                raise ValidationError(f"url must be an http(s) URL, got {url!r}")
+            await service.send_text(f"{title or filename or name or 'file'}: {url}")
+            return None
+        labels = dict(artifact_labels) if artifact_labels else None
+        if file_bytes is not None:
+            if not isinstance(file_bytes, (bytes, bytearray)):
+                raise ValidationError(f"file_bytes must be bytes, got {type(file_bytes).__name__}")
+            fname = filename or name or "file.bin"
+            artifact = await self.ctx.artifacts().save_bytes(bytes(file_bytes), kind=artifact_kind, name=fname,
+                                                             labels=labels)
+        elif isinstance(file, (str, Path)):
             path = Path(file)
             if not path.is_file():
                 raise ValidationError(f"send_file needs an existing file, {str(path)!r} is not one")
-            artifact = await self.ctx.artifacts().save_file(str(path), kind="file", name=name or path.name)
+            artifact = await self.ctx.artifacts().save_file(str(path), kind=artifact_kind, name=name or filename or path.name,
+                                                            labels=labels)
         elif hasattr(file, "uri") and hasattr(file, "artifact_id"):
             artifact = file
         else:
             raise ValidationError(f"file must be a path or an Artifact from context.artifacts(), got {type(file).__name__}")
-        label = title or name or getattr(artifact, "name", None) or artifact.artifact_id
-        line = f"{label}: {artifact.uri}"
-        self.ctx.logger().info(line)
-        await self._remember("assistant", line)
+        label = title or name or filename or getattr(artifact, "name", None) or artifact.artifact_id
+        await service.send_text(f"{label}: {artifact.uri}")
         return artifact
+
+    @contextlib.asynccontextmanager
+    async def stream(self, channel: str | None = None) -> AsyncIterator["_StreamSender"]:
+        """AetherGraph's streamed message: ``delta()`` pieces are collected and ``end()`` sends the whole text
+        once (``end(full_text)`` replaces it), since a Prefect run log line cannot be edited in place.
+
+        As in AetherGraph nothing is sent unless ``end()`` is called.
+
+        Example: ``async with context.channel().stream() as s: await s.delta("a"); await s.end()``
+        """
+        yield _StreamSender(self if channel is None else ChannelService(self.ctx, channel))
 
     async def send_buttons(
         self, text: str, buttons: Sequence[Any] | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None,
@@ -468,6 +506,31 @@ class ChannelService(BoundService):
     async def _remember(self, role: str, text: str) -> None:
         """Record a chat turn in this context's memory."""
         await self.ctx.memory().record_chat(role, text)
+
+
+class _StreamSender:
+    """What ``stream()`` yields: ``start()``, ``delta(piece)``, ``end(full_text=None)``."""
+
+    def __init__(self, service: ChannelService) -> None:
+        self._service = service
+        self._pieces: list[str] = []
+        self._ended = False
+
+    async def start(self) -> None:
+        """Nothing to open on Prefect (the whole text is sent at ``end``)."""
+
+    async def delta(self, text_piece: str) -> None:
+        """Add a piece of the message."""
+        if not isinstance(text_piece, str):
+            raise ValidationError(f"text_piece must be a str, got {type(text_piece).__name__}")
+        self._pieces.append(text_piece)
+
+    async def end(self, full_text: str | None = None, **_memory: Any) -> None:
+        """Send the message: ``full_text``, else the pieces joined (once; a second ``end`` does nothing)."""
+        if self._ended:
+            return
+        self._ended = True
+        await self._service.send_text(full_text if full_text is not None else "".join(self._pieces))
 
 
 def _match(raw: str, opts: Sequence[Option]) -> Option | None:
