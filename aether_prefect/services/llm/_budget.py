@@ -9,7 +9,8 @@
   locked KV operation, spends the block locally (no request per call), claims the next block when it runs
   out and gives back what it did not use when it closes. Blocks double while a context keeps claiming
   (halve after a quiet spell), cover at least the callers waiting for one (200 concurrent chats: one claim)
-  and never exceed a quarter of what is left, so a slow caller does not hoard.
+  and never exceed a quarter of what is left, so a slow caller does not hoard. When less than half a block
+  is left in hand, the next block is claimed in the background, so callers do not wait for the KV.
   A process that dies keeps its block: the unreturned part counts as spent, so the budget is never exceeded.
   A call is refused (nothing sent, nothing counted) when this context's block is empty and the ledger has
   nothing left; until other contexts close, the unused parts of their blocks are not available to it.
@@ -111,6 +112,7 @@ class _Allotment:
         self._last_claim = -math.inf
         self._tokens_per_call = float(_FIRST_TOKENS_PER_CALL)
         self._kv: "PrefectKV | None" = None
+        self._refill: "asyncio.Task[None] | None" = None
         self._claim_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = (
             weakref.WeakKeyDictionary()
         )
@@ -140,6 +142,32 @@ class _Allotment:
                 self._waiting -= 1
         if self.budget.calls is not None:
             self.calls -= 1
+        self._maybe_refill()
+
+    def _low(self) -> bool:
+        """True when less than half a block is left in hand: time to claim the next one ahead of need."""
+        half = max(1, self._block // 2)
+        return (self.budget.calls is not None and self.calls < half) or (
+            self.budget.total_tokens is not None and self.tokens < half * self._tokens_per_call)
+
+    def _maybe_refill(self) -> None:
+        """Claim the next block in the background while this one still lasts, so no caller waits for the KV."""
+        if self._refill is not None or not self._low():
+            return
+        loop = asyncio.get_running_loop()
+        if self._claim_locks.get(loop) is not None and self._claim_locks[loop].locked():
+            return  # a claim is on its way already
+        self._refill = loop.create_task(self._claim_ahead())
+
+    async def _claim_ahead(self) -> None:
+        try:
+            async with self._claim_lock():
+                if self._low():
+                    await self._claim(ahead=True)
+        except Exception:  # noqa: BLE001 - nothing left, or the KV failed: the next caller claims (or is refused)
+            pass
+        finally:
+            self._refill = None
 
     def spend(self, tokens: int) -> None:
         """Count a finished call's tokens against the block."""
@@ -152,7 +180,7 @@ class _Allotment:
         if self.budget.calls is not None:
             self.calls += 1
 
-    async def _claim(self) -> None:
+    async def _claim(self, *, ahead: bool = False) -> None:
         now = time.monotonic()
         if now - self._last_claim > _QUIET_S:
             self._block = max(1, self._block // 2)
@@ -186,6 +214,8 @@ class _Allotment:
         if grant["calls"] or grant["tokens"]:
             self._block = min(self._block * 2, _MAX_BLOCK)
             return
+        if ahead:
+            return  # nothing left to claim ahead: callers are refused when the block in hand is spent
         g = self._guard
         if calls_cap is not None and self.calls <= 0:
             raise _refuse("flow run", g._profile, "calls", grant["spent_calls"], calls_cap, g._flow_fix)
@@ -198,6 +228,9 @@ class _Allotment:
 
     async def release(self) -> None:
         """Give the unused part of the block back to the ledger (one locked KV operation, if anything is left)."""
+        refill = self._refill
+        if refill is not None and refill.get_loop() is asyncio.get_running_loop():
+            await asyncio.wait([refill])  # a claim ahead in flight: its grant is in hand before giving back
         calls = self.calls if self.budget.calls is not None else 0
         tokens = max(self.tokens, 0) if self.budget.total_tokens is not None else 0
         if calls <= 0 and tokens <= 0:
