@@ -91,7 +91,8 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
 
     Safe from any thread, including a portal's own (nested calls go one level down).
     If the wait is interrupted (KeyboardInterrupt, a timeout injected by Prefect),
-    the coroutine is cancelled and the interruption propagates.
+    the coroutine is cancelled and the interruption propagates, wherever in this
+    function the interruption lands (even before the portal's future is handed back).
     """
     try:
         portal = _portal_for_caller()
@@ -99,19 +100,24 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         coro.close()
         raise
     ctx = contextvars.copy_context()
+    call = _Call()
 
     async def boxed() -> T | _Raised:
+        task = asyncio.get_running_loop().create_task(coro, context=ctx)
+        if not call.attach(task):  # the caller was interrupted before the coroutine started
+            task.cancel()
         # A BaseException (KeyboardInterrupt, SystemExit, a test's own) escaping into the portal's task group
         # would stop the portal for every later caller: hand it back to the caller instead.
         try:
-            return await asyncio.get_running_loop().create_task(coro, context=ctx)
+            return await task
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread below
             return _Raised(exc)
 
-    future: concurrent.futures.Future[T | _Raised] = portal.start_task_soon(boxed)
+    future: concurrent.futures.Future[T | _Raised] | None = None
     try:
+        future = portal.start_task_soon(boxed)
         while True:
             try:
                 out = future.result(timeout=_WAKE_S)
@@ -124,8 +130,44 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
                 raise exc
             return out
     except BaseException:
-        future.cancel()  # cancels the coroutine's task on the portal (no-op once finished)
+        call.abandon()  # cancels the coroutine's task, or makes it cancel itself if it has not started yet
+        if future is not None:
+            future.cancel()  # the portal side (no-op once finished)
         raise
+
+
+class _Call:
+    """One run_sync call's coroutine task, so an interrupted caller can cancel it from its own thread.
+
+    The interruption may land before ``start_task_soon`` returns the future (the coroutine can already be
+    running then), so cancellation goes through the task itself, registered here as it starts.
+    """
+
+    __slots__ = ("_lock", "_task", "_abandoned")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._task: asyncio.Task[Any] | None = None
+        self._abandoned = False
+
+    def attach(self, task: asyncio.Task[Any]) -> bool:
+        """Called on the portal loop as the task starts; False if the caller already gave up."""
+        with self._lock:
+            if self._abandoned:
+                return False
+            self._task = task
+            return True
+
+    def abandon(self) -> None:
+        """Called by the interrupted caller: cancel the task (thread-safely) or mark it to cancel itself."""
+        with self._lock:
+            self._abandoned = True
+            task = self._task
+        if task is not None and not task.done():
+            try:
+                task.get_loop().call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # the portal's loop is closed: nothing runs there any more
+                pass
 
 
 class _Raised:

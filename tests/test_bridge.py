@@ -251,3 +251,39 @@ def test_a_base_exception_in_a_coroutine_leaves_the_portal_running() -> None:
     with pytest.raises(Boom, match="from the coroutine"):
         run_sync(bad())
     assert run_sync(good()) == 42
+
+
+def test_interruption_as_the_coroutine_starts_still_cancels_it() -> None:
+    """The interruption may reach the caller before run_sync holds the portal's future (the coroutine already
+    running): it must still be cancelled. The coroutine interrupts its own caller on its first step, 30 times."""
+    import ctypes
+
+    for _ in range(30):
+        started, cancelled = threading.Event(), threading.Event()
+        errors: list[BaseException] = []
+        caller: list[int] = []
+
+        async def interrupt_my_caller() -> None:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(caller[0]), ctypes.py_object(KeyboardInterrupt))
+            started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        def call() -> None:
+            try:
+                run_sync(interrupt_my_caller())
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                errors.append(exc)
+
+        t = threading.Thread(target=call, daemon=True)
+        caller.append(0)
+        t.start()
+        caller[0] = t.ident or 0
+        t.join(LIMIT_S)
+        assert not t.is_alive(), "the interrupted caller stayed blocked"
+        assert [type(e) for e in errors] == [KeyboardInterrupt]
+        assert started.is_set()
+        assert cancelled.wait(LIMIT_S), "the coroutine kept running after its caller was interrupted"
