@@ -273,15 +273,14 @@ def test_interruption_as_the_coroutine_starts_still_cancels_it() -> None:
                 raise
 
         def call() -> None:
+            caller.append(threading.get_ident())
             try:
                 run_sync(interrupt_my_caller())
             except BaseException as exc:  # noqa: BLE001 - checked below
                 errors.append(exc)
 
         t = threading.Thread(target=call, daemon=True)
-        caller.append(0)
         t.start()
-        caller[0] = t.ident or 0
         t.join(LIMIT_S)
         assert not t.is_alive(), "the interrupted caller stayed blocked"
         assert [type(e) for e in errors] == [KeyboardInterrupt]
