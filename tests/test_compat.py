@@ -648,3 +648,15 @@ async def test_send_file_bytes_and_stream_as_aethergraph_writes_them(
     logged = [r.getMessage() for r in caplog.records]
     assert f"tick data: {art.uri}" in logged and "report: https://example.com/r.pdf" in logged
     assert "Live report complete.\n• update 1\n• update 2\n" in logged and "never ended" not in logged
+
+
+async def test_write_text_as_the_concept_guide_writes_it(local_config: AetherConfig) -> None:
+    """AetherGraph's concept guide saves with ``arts.write_text(name, content=...)`` and records the returned ref."""
+    async with open_session(config=local_config) as ctx:
+        ref = await ctx.artifacts().write_text("spec_1.json", content="{'steps': 3}")
+        await ctx.memory().record(kind="job_submitted", data={"spec_ref": ref})
+        assert isinstance(ref, str) and await ctx.artifacts().load_text(ref) == "{'steps': 3}"
+        (art,) = [a for a in await ctx.artifacts().list(view="run") if a.uri == ref]
+        assert art.name == "spec_1.json" and art.kind == "text"
+        with pytest.raises(ValidationError):
+            await ctx.artifacts().write_text("", content="x")

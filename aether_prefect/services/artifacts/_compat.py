@@ -134,6 +134,17 @@ class ArtifactsCompat(LegacyKeywords):
             raise ValidationError(f"expected a file, got a directory: {p}")
         return p
 
+    async def write_text(self, name: str, content: str, *, kind: str = "text",
+                         labels: dict[str, Any] | None = None) -> str:
+        """The spelling AetherGraph's concept guide uses: save ``content`` as a text artifact named ``name``; its URI.
+
+        >>> ref = await context.artifacts().write_text("spec.json", content='{"steps": 3}')
+        """
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError(f"write_text needs a file name such as 'result.txt' first, got {name!r}")
+        art = await self.save_text(content, kind=kind, name=name, labels=labels)  # type: ignore[attr-defined]
+        return str(art.uri)
+
     async def load_artifact(self, uri: str) -> bytes:
         """AetherGraph's compatibility loader: the artifact's bytes (sha256-verified), like ``load_bytes``.
 
