@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -125,30 +126,32 @@ def test_failed_put_file_leaves_nothing(store: ObjectStore, tmp_path: Path) -> N
         assert not any((store.root / ".tmp").glob("*"))
 
 
-def test_readers_see_whole_objects_only(store: ObjectStore) -> None:
-    """Atomic writes: a concurrent reader sees one whole version or the other, never a mix or a prefix."""
-    a, b = b"a" * (1024 * 1024), b"b" * (1024 * 1024)
-    store.put_bytes("atomic/k", a)
+def _read_while_flipping(store: ObjectStore, put: Callable[[str, bytes], Any], key: str, a: bytes,
+                         b: bytes) -> list[bytes]:
+    """40 reads of ``key`` while another thread writes ``a`` and ``b`` to it in turn (40 writes) with ``put``."""
     stop = threading.Event()
-    bad: list[int] = []
 
     def writer() -> None:
-        i = 0
-        while not stop.is_set() and i < 40:
-            store.put_bytes("atomic/k", b if i % 2 else a)
-            i += 1
+        for i in range(40):
+            if stop.is_set():
+                return
+            put(key, b if i % 2 else a)
 
     t = threading.Thread(target=writer)
     t.start()
     try:
-        for _ in range(40):
-            data = store.get_bytes("atomic/k")
-            if data not in (a, b):
-                bad.append(len(data))
+        return [store.get_bytes(key) for _ in range(40)]
     finally:
         stop.set()
         t.join()
-    assert bad == []
+
+
+def test_readers_see_whole_objects_only(store: ObjectStore) -> None:
+    """Atomic writes: a concurrent reader sees one whole version or the other, never a mix or a prefix."""
+    a, b = b"a" * (1024 * 1024), b"b" * (1024 * 1024)
+    store.put_bytes("atomic/k", a)
+    seen = _read_while_flipping(store, store.put_bytes, "atomic/k", a, b)
+    assert [len(d) for d in seen if d not in (a, b)] == []
 
 
 def test_one_store_per_block(tmp_store, s3_store_block) -> None:  # type: ignore[no-untyped-def]
@@ -199,21 +202,7 @@ def test_put_small_is_atomic_and_leaves_no_temp_file(store: ObjectStore) -> None
     store.put_small("small/new/folder/k", b"first")
     assert store.get_bytes("small/new/folder/k") == b"first"
     a, b = b"a" * (256 * 1024), b"b" * (256 * 1024)
-    stop = threading.Event()
-
-    def writer() -> None:
-        i = 0
-        while not stop.is_set() and i < 40:
-            store.put_small("small/new/folder/k", b if i % 2 else a)
-            i += 1
-
-    t = threading.Thread(target=writer)
-    t.start()
-    try:
-        seen = [store.get_bytes("small/new/folder/k") for _ in range(40)]
-    finally:
-        stop.set()
-        t.join()
+    seen = _read_while_flipping(store, store.put_small, "small/new/folder/k", a, b)
     assert all(data in (b"first", a, b) for data in seen)
     assert list(store.list_keys("small/")) == ["small/new/folder/k"]
     if isinstance(store, LocalStore):
