@@ -10,6 +10,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,14 +56,18 @@ class MCPHttpServer:
 
     def start(self) -> "MCPHttpServer":
         """Start the subprocess and wait until it answers (401 without a token means up)."""
+        self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", DEMO_MODULE, "--transport", "http", "--port", str(self.port), "--token", self.token],
-            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            # --token=VALUE: a token_urlsafe token may start with "-", which argparse would take for an option
+            [sys.executable, "-m", DEMO_MODULE, "--transport", "http", "--port", str(self.port), f"--token={self.token}"],
+            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=self._log, start_new_session=True,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"MCP demo HTTP server exited with {self.proc.returncode}")
+                self._log.seek(0)
+                raise RuntimeError(f"MCP demo HTTP server exited with {self.proc.returncode}: "
+                                   f"{self._log.read().decode(errors='replace')[-2000:]}")
             try:
                 if httpx.get(self.url, timeout=1).status_code == 401:
                     return self
