@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import types
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -219,8 +220,20 @@ def _wrap(fn: Callable[..., Any], overrides: RuntimeOverrides, kind: str) -> Cal
     source = _task_source(fn)
     wrapper.__wrapped__ = source  # type: ignore[attr-defined]
     wrapper.__prefect_task_source__ = source  # type: ignore[attr-defined]
+    # Prefect before 3.9 ignores that and keys tasks (task_key, and with it task_input_hash) by the wrapper's own
+    # code object, which is the same for every @aether_task: each wrapper gets a copy carrying its source's code.
+    wrapper.__code__ = _code_carrying(wrapper.__code__, source)
     wrapper.__aether_context_param__ = pname  # type: ignore[attr-defined]
     return wrapper
+
+
+def _code_carrying(code: types.CodeType, source: Callable[..., Any]) -> types.CodeType:
+    """``code`` with the identity of ``source`` as an extra (unused) constant, so hashing it tells tasks apart.
+
+    Example: ``_code_carrying(wrapper.__code__, fn)`` runs exactly as ``wrapper.__code__``.
+    """
+    ident = getattr(source, "__code__", None) or f"{getattr(source, '__module__', '')}.{getattr(source, '__qualname__', '')}"
+    return code.replace(co_consts=(*code.co_consts, ident))
 
 
 def _task_source(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -375,7 +375,10 @@ def test_code_identity_through_a_compatibility_decorator() -> None:
     t0 = aether_task(_keeps_code_identity(zero), cache_key_fn=task_input_hash, persist_result=True)
     t1 = aether_task(_keeps_code_identity(one), cache_key_fn=task_input_hash, persist_result=True)
     assert t0.task_key != t1.task_key
-    assert t0.task_key == task(_keeps_code_identity(zero)).task_key
+    assert aether_task(zero).task_key != aether_task(one).task_key  # same name, other code: never one key
+    honoured = task(_keeps_code_identity(zero)).task_key != task(_keeps_code_identity(one)).task_key
+    if honoured:  # Prefect >= 3.9 keys @task by what the decorator names as its code; we match it
+        assert t0.task_key == task(_keeps_code_identity(zero)).task_key
 
     @flow
     def f() -> list[int]:
