@@ -153,7 +153,7 @@ class ChannelService(BoundService):
         given = [x for x in (file, file_bytes, url) if x is not None]
         if len(given) != 1:
             raise ValidationError("send_file takes one of: a path or Artifact, file_bytes= (with filename=), or url=")
-        service = self if channel is None else ChannelService(self.ctx, channel)
+        service = self._on(channel)
         if url is not None:
             if not isinstance(url, str) or not re.match(r"^https?://", url):
                 raise ValidationError(f"url must be an http(s) URL, got {url!r}")
@@ -189,7 +189,7 @@ class ChannelService(BoundService):
 
         Example: ``async with context.channel().stream() as s: await s.delta("a"); await s.end()``
         """
-        yield _StreamSender(self if channel is None else ChannelService(self.ctx, channel))
+        yield _StreamSender(self._on(channel))
 
     async def send_buttons(
         self, text: str, buttons: Sequence[Any] | Mapping[str, Any], *, meta: Mapping[str, Any] | None = None,
@@ -214,7 +214,7 @@ class ChannelService(BoundService):
                 raise ValidationError(f"each button must be a Button(label=..., value=... or url=...), got {b!r}")
             target = b.url or b.value
             lines.append(f"- {b.label}" + (f": {target}" if target else ""))
-        service = self if channel is None else ChannelService(self.ctx, channel)
+        service = self._on(channel)
         await service.send_text(text + "\n" + "\n".join(lines), meta=meta)
 
     # -- questions ------------------------------------------------------------
@@ -264,6 +264,10 @@ class ChannelService(BoundService):
         Example: ``files = await context.channel().get_latest_uploads()``
         """
         return _uploads.take(self.ctx, self._upload_key(None), bool(clear))
+
+    def _on(self, channel: str | None) -> "ChannelService":
+        """This channel, or the one named by a per-call ``channel=`` (AetherGraph's keyword)."""
+        return self if channel is None else ChannelService(self.ctx, channel)
 
     def _upload_key(self, channel: str | None) -> str:
         key = _check_key(channel) if channel is not None else self.channel_key
