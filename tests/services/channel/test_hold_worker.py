@@ -58,6 +58,19 @@ if __name__ == "__main__":
 '''
 
 
+def start_run(url: str, parameters: dict[str, Any]) -> str:
+    """Creates the deployment's flow run; a refused or failed request (the SQLite server answers 5xx under load,
+    as CI saw once) is retried with the same idempotency key, so at most one run is ever made."""
+    body = {"parameters": parameters, "idempotency_key": f"hold-worker-{time.time_ns()}"}
+
+    def post() -> str:
+        r = httpx.post(url, json=body, timeout=30)
+        assert r.status_code in (200, 201), f"create_flow_run answered {r.status_code}: {r.text[:500]}"
+        return str(r.json()["id"])
+
+    return wait_for(post, 120, "the flow run to be created")
+
+
 def test_suspended_run_holds_no_process_and_replays(tmp_path: Path, prefect_server: Any) -> None:
     import psutil
 
@@ -72,8 +85,7 @@ def test_suspended_run_holds_no_process_and_replays(tmp_path: Path, prefect_serv
     try:
         dep = wait_for(lambda: (r := httpx.get(f"{api}/deployments/name/hold-worker-flow/hold-worker-dep", timeout=10))
                        .status_code == 200 and r.json(), 600, "the served deployment")
-        run = httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={"parameters": {"x": 21}}, timeout=10)
-        run_id = run.json()["id"]
+        run_id = start_run(f"{api}/deployments/{dep['id']}/create_flow_run", {"x": 21})
         q = wait_for(lambda: (qs := pending_questions(run_id)) and qs[0], 600, "the question")
         assert q.prompt == "Ship 42?"
         state = wait_for(lambda: (s := httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"])["name"]
