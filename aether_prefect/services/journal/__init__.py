@@ -16,7 +16,8 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from aether_prefect.services.journal._entry import Entry, fingerprint
+from aether_prefect.services.journal._bind import binder
+from aether_prefect.services.journal._entry import Entry, entry_body, fingerprint, legacy_fingerprint
 from aether_prefect.services.journal._journal import ENV_REPLAY_FROM, PREFIX, RETENTION_S, Journal, journal_of
 from aether_prefect.services.journal._prune import prune
 
@@ -40,7 +41,7 @@ def journaled(kind: str) -> Callable[[F], F]:
         raise ValueError(f"unknown journaled kind {kind!r}; one of {', '.join(_IGNORED)}")
 
     def deco(fn: F) -> F:
-        sig = inspect.signature(fn)
+        bind = binder(inspect.signature(fn))
 
         @functools.wraps(fn)
         async def wrapper(svc: Any, *args: Any, durable: bool | None = None, **kwargs: Any) -> Any:
@@ -48,17 +49,16 @@ def journaled(kind: str) -> Callable[[F], F]:
             if journal is None:
                 return await fn(svc, *args, **kwargs)
             position = journal.claim()
-            try:
-                bound = sig.bind(svc, *args, **kwargs)
-            except TypeError:
-                return await fn(svc, *args, **kwargs)  # the method raises its own clear error
-            bound.apply_defaults()
-            request = _request(kind, svc, bound.arguments)
+            arguments = bind(svc, args, kwargs)
+            if arguments is None:
+                return await fn(svc, *args, **kwargs)  # arguments the method rejects: it raises its own clear error
+            request = _request(kind, svc, arguments)
             fp = fingerprint(request)
-            what = f"{kind} {request.get('tool') or request.get('model') or ''}".strip()
-            entry = await journal.lookup(position, fp, what)
+            entry = await journal.lookup(
+                position, fp, lambda: f"{kind} {request.get('tool') or request.get('model') or ''}".strip(),
+                lambda: legacy_fingerprint(request))
             if entry is not None:
-                return await _replay(kind, svc, entry, bound.arguments)
+                return await _replay(kind, svc, entry, arguments)
             return await _live(kind, svc, fn, journal, position, fp, args, kwargs)
 
         return wrapper  # type: ignore[return-value]
@@ -108,14 +108,13 @@ async def _live(kind: str, svc: Any, fn: Callable[..., Awaitable[Any]], journal:
             result, sink, reply = await _live_llm(svc, fn, args, kwargs)
     finally:
         _inside.reset(inside)
+    needles = journal.needles(svc, lambda: _secrets(svc))
     if kind == "mcp.call":
-        await journal.record(Entry(kind=kind, position=position, fingerprint=fp, result=result),
-                             journal.needles(svc, lambda: _secrets(svc)))
+        await journal.record(kind, position, entry_body(kind, position, fp, result, needles=needles))
         return result
     usage = [(p, m, u.prompt_tokens, u.completion_tokens, u.total_tokens) for p, m, u in sink]
-    entry = Entry(kind=kind, position=position, fingerprint=fp, result=result, usage=usage, pieces=pieces,
-                  last_response=reply)
-    await journal.record(entry, journal.needles(svc, lambda: _secrets(svc)))
+    await journal.record(kind, position, entry_body(kind, position, fp, result, usage=usage, pieces=pieces,
+                                                    last_response=reply, needles=needles))
     return result
 
 

@@ -90,15 +90,15 @@ class _Writer:
     :meth:`drain`; if the context is never closed, whatever it had not written is lost (paid again on a retry).
     """
 
-    def __init__(self, put: Callable[["ObjectStore", str, Entry, bytes], bool]) -> None:
+    def __init__(self, put: Callable[["ObjectStore", str, str, int, bytes], bool]) -> None:
         self._put = put
-        self._queue: queue.SimpleQueue[tuple[ObjectStore, str, Entry, bytes] | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[ObjectStore, str, str, int, bytes] | None] = queue.SimpleQueue()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="aether-journal", daemon=True)
         self._thread.start()
 
-    def submit(self, store: "ObjectStore", key: str, entry: Entry, data: bytes) -> None:
-        self._queue.put((store, key, entry, data))
+    def submit(self, store: "ObjectStore", key: str, kind: str, position: int, data: bytes) -> None:
+        self._queue.put((store, key, kind, position, data))
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
@@ -132,7 +132,7 @@ class Journal:
         self._writer: _Writer | None = None
         self._log: AppendLog | None = None
         self._appends = True  # False once the store said it cannot append (or the log failed)
-        self._needles: dict[int, tuple[Any, list[str]]] = {}
+        self._needles: dict[int, tuple[Any, list[bytes]]] = {}
 
     def _off(self, why: str) -> None:
         """The store failed: no replay, no journaling for the rest of this attempt (logged once)."""
@@ -156,11 +156,13 @@ class Journal:
             position, self._next = self._next, self._next + 1
         return position
 
-    def needles(self, svc: Any, secrets: Callable[[], Iterable[str]]) -> list[str]:
-        """The secret needles of ``svc`` (``secrets()`` computed once per service object of this attempt)."""
+    def needles(self, svc: Any, secrets: Callable[[], Iterable[str]]) -> list[bytes]:
+        """The secret needles of ``svc``, UTF-8 encoded (``secrets()`` computed once per service object of this
+        attempt)."""
         cached = self._needles.get(id(svc))
         if cached is None or cached[0] is not svc:  # holding svc keeps its id from being reused
-            cached = self._needles[id(svc)] = (svc, secret_needles(secrets()))
+            needles = [n.encode("utf-8", "surrogatepass") for n in secret_needles(secrets())]
+            cached = self._needles[id(svc)] = (svc, needles)
         return cached[1]
 
     def _store(self) -> "ObjectStore":
@@ -188,8 +190,11 @@ class Journal:
                 self._entries = entries
             return self._entries
 
-    async def lookup(self, position: int, fingerprint: str, what: str) -> Entry | None:
-        """The recorded entry to replay at ``position``, or None (go live). A mismatch ends replay, logged once."""
+    async def lookup(self, position: int, fingerprint: str, what: Callable[[], str],
+                     legacy: Callable[[], str]) -> Entry | None:
+        """The recorded entry to replay at ``position``, or None (go live). The entry's fingerprint must be
+        ``fingerprint`` or (an entry written before) ``legacy()``. A mismatch ends replay, logged once (``what()``
+        names the call in that line)."""
         if not self._replaying:
             return None
         entries = self._entries
@@ -202,27 +207,27 @@ class Journal:
         entry = entries.pop(position, None)  # each position is looked up once per attempt: free it
         if entry is None:
             return None
-        if entry.fingerprint != fingerprint:
+        if entry.fingerprint != fingerprint and entry.fingerprint != legacy():
             with self._lock:
                 first, self._replaying = self._replaying, False
             if first:
                 self._ctx.logger().warning(
                     "call journal: %s at position %d differs from the recorded call (%s); replay ends here and "
-                    "this and later calls of this attempt go live", what, position, entry.kind)
+                    "this and later calls of this attempt go live", what(), position, entry.kind)
             return None
         return entry
 
-    async def record(self, entry: Entry, needles: list[str]) -> bool:
-        """Write ``entry`` after its call succeeded: appended to this attempt's log, or (a store that cannot
-        append) put as its own object by a background thread that :meth:`aclose` waits for, so it is stored before
-        the task reports its result. False when it is not journaled.
+    async def record(self, kind: str, position: int, data: bytes | None) -> bool:
+        """Write the entry whose JSON body is ``data`` (see ``entry_body``; None: not journaled) after its call
+        succeeded: appended to this attempt's log, or (a store that cannot append) put as its own object by a
+        background thread that :meth:`aclose` waits for, so it is stored before the task reports its result.
+        False when it is not journaled.
         """
         if self._broken:
             return False
-        data = entry.body(needles)
         if data is None:
             self._ctx.logger().debug("call journal: %s at position %d not journaled (a secret in it, or not JSON)",
-                                     entry.kind, entry.position)
+                                     kind, position)
             return False
         if not self._write:  # no lookup ran yet (replay ended before): claim the ordinal now
             try:
@@ -231,15 +236,15 @@ class Journal:
                 self._off(f"cannot claim a journal: {type(exc).__name__}")
                 return False
         if self._appends:
-            appended = self._append(entry, data)
+            appended = self._append(kind, position, data)
             if appended is not None:
                 return appended
         if self._writer is None:
             self._writer = _Writer(self._put)
-        self._writer.submit(self._store(), entry_key(self._write, entry.position), entry, object_bytes(data))
+        self._writer.submit(self._store(), entry_key(self._write, position), kind, position, object_bytes(data))
         return True
 
-    def _append(self, entry: Entry, data: bytes) -> bool | None:
+    def _append(self, kind: str, position: int, data: bytes) -> bool | None:
         """Append ``data`` to this attempt's log (opened at the first entry): True when written, None when the
         store cannot append. A failed append (False) turns journaling off for the attempt, as a torn record would
         hide every later one of the log."""
@@ -253,15 +258,15 @@ class Journal:
             return True
         except Exception as exc:  # noqa: BLE001 - a paid-for result must not be lost to a journal failure
             self._appends = False
-            self._off(f"could not record {entry.kind} at position {entry.position}: {type(exc).__name__}")
+            self._off(f"could not record {kind} at position {position}: {type(exc).__name__}")
             return False
 
-    def _put(self, store: "ObjectStore", key: str, entry: Entry, data: bytes) -> bool:
+    def _put(self, store: "ObjectStore", key: str, kind: str, position: int, data: bytes) -> bool:
         try:
             getattr(store, "put_small", store.put_bytes)(key, data)  # an injected store may lack put_small
         except Exception as exc:  # noqa: BLE001 - a paid-for result must not be lost to a journal failure
             self._ctx.logger().warning("call journal: could not record %s at position %d: %s",
-                                       entry.kind, entry.position, type(exc).__name__)
+                                       kind, position, type(exc).__name__)
             return False
         return True
 
