@@ -4,14 +4,19 @@ Both sides use their blocking forms (``kv.sync.get`` vs ``Variable.get``), first
 outside any run (raw Prefect builds a client per call there; ours keeps one per
 process), then inside a sync task run of a flow (raw Prefect reuses the run's
 client). Values are small (inline in the variable). ``set`` overwrites an
-existing key: ours sends one PATCH, raw sends read + PATCH + read.
+existing key: ours sends read + PATCH, raw sends read + PATCH + read.
 
 Contention: 4 processes each ``incr`` one key N times; ops/s over the wall time
 and lost updates (expected - final value; must be 0). The raw get+set increment
 is run the same way to show what the lock prevents, and the same increment under
 a Prefect global concurrency limit of 1 slot (``prefect.concurrency.asyncio.concurrency``)
 shows what that lock would cost instead of ours. Requests per uncontended ``incr``
-are counted by kind.
+are counted by kind. ``--ops`` runs the get/set/delete rows only.
+
+The sync twins of get/exists/set/delete send their Variables request on the calling thread for small
+values (no hop to the portal loop), as raw ``Variable.get`` does. ``delete`` stays a GET and a DELETE: the
+GET tells whether the value lives in the object store (the Variables DELETE answers 204 with no body, and a
+small delete must not touch the store).
 """
 
 from __future__ import annotations
@@ -184,7 +189,7 @@ def main() -> None:
 
     cfg = AetherConfig(kv_namespace=f"b{uuid.uuid4().hex[:8]}",
                        store=AetherObjectStore(backend="local", root=tempfile.mkdtemp(prefix="aether-bench-kv-")))
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = [row("machine load (1-min loadavg) at start", os.getloadavg()[0], None, "load")]
     targets = {"get": 1.1, "set": 1.0, "delete": 1.1}
 
     with open_session_sync(config=cfg) as ctx:
@@ -204,6 +209,10 @@ def main() -> None:
     for op, (ours, raw) in inside.items():
         rows.append(row(f"{op}, inside a task run (median)", ours * 1e3, raw * 1e3, "ms", targets[op]))
 
+    if "--ops" in sys.argv:  # get/set/delete only, no contention rounds
+        rows.append(row("machine load (1-min loadavg) at end", os.getloadavg()[0], None, "load"))
+        report("kv-ops", rows)
+        return
     with open_session_sync(config=cfg) as ctx:
         per_op = _requests_per_incr(ctx)
     rows.append(row("requests per uncontended incr: " + ", ".join(f"{k} {v:g}" for k, v in per_op.items()),
@@ -223,6 +232,7 @@ def main() -> None:
     rows.append(row("incr under contention: lost updates (ours; must be 0)", ours_lost, None, "count", 0))
     rows.append(row("GCL-locked get+set under contention: lost updates", gcl_lost, None, "count", 0))
     rows.append(row("raw get+set increment under contention: lost updates", raw_lost, None, "count"))
+    rows.append(row("machine load (1-min loadavg) at end", os.getloadavg()[0], None, "load"))
     report("kv", rows)
 
 

@@ -74,6 +74,7 @@ async def read(name: str) -> dict[str, Any] | None:
 
 
 def read_sync(name: str) -> dict[str, Any] | None:
+    """Blocking twin of :func:`read` on the calling thread's client."""
     resp = request_sync("GET", f"/variables/name/{name}", ok_status=404)
     return None if resp is None else resp.json()  # type: ignore[no-any-return]
 
@@ -106,9 +107,20 @@ async def create(name: str, value: Any) -> dict[str, Any] | None:
     return None if resp is None else resp.json()  # type: ignore[no-any-return]
 
 
+def create_sync(name: str, value: Any) -> dict[str, Any] | None:
+    """Blocking twin of :func:`create` on the calling thread's client."""
+    resp = request_sync("POST", "/variables/", json={"name": name, "value": value}, ok_status=409)
+    return None if resp is None else resp.json()  # type: ignore[no-any-return]
+
+
 async def patch(name: str, value: Any) -> bool:
     """Replace an existing variable's value; False if there is none."""
     return await request("PATCH", f"/variables/name/{name}", json={"value": value}, ok_status=404) is not None
+
+
+def patch_sync(name: str, value: Any) -> bool:
+    """Blocking twin of :func:`patch` on the calling thread's client."""
+    return request_sync("PATCH", f"/variables/name/{name}", json={"value": value}, ok_status=404) is not None
 
 
 async def patch_id(var_id: str, value: Any) -> bool:
@@ -122,6 +134,7 @@ async def delete(name: str) -> bool:
 
 
 def delete_sync(name: str) -> bool:
+    """Blocking twin of :func:`delete` on the calling thread's client."""
     return request_sync("DELETE", f"/variables/name/{name}", ok_status=404) is not None
 
 

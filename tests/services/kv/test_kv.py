@@ -509,3 +509,47 @@ def test_stalled_holder_never_writes_after_its_lease(local_config: AetherConfig,
         final = ctx.kv().sync.get("counter")
     # Every increment that returned is in the counter, once; none that raised was written.
     assert final == len(ok) and sorted(ok) == list(range(1, final + 1))
+
+
+def test_sync_twins_of_small_values_skip_the_portal(kv: PrefectKV, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kv.sync get/exists/set/delete of small values send their request on the calling thread (as raw
+    Variable.get does); a large value, expired or not, still goes through the async path (the object store)."""
+    from aether_prefect.services import kv as kv_module
+
+    hops: list[str] = []
+    real_run_sync = kv_module.run_sync
+
+    def counting_run_sync(coro: Any) -> Any:
+        hops.append(coro.__qualname__)
+        return real_run_sync(coro)
+
+    monkeypatch.setattr(kv_module, "run_sync", counting_run_sync)
+    kv.sync.set("small", {"n": 1})
+    kv.sync.set("small", {"n": 2})  # overwrite: PATCH
+    kv.sync.set("short", "v", ttl_s=0.01)
+    assert kv.sync.get("small") == {"n": 2} and kv.sync.exists("small")
+    time.sleep(0.05)
+    assert kv.sync.get("short", "gone") == "gone" and not kv.sync.exists("short")
+    kv.sync.delete("small")
+    kv.sync.delete("never-set")
+    assert kv.sync.get("small") is None and hops == []
+    big = "x" * 6000
+    kv.sync.set("big", big)
+    assert kv.sync.get("big") == big
+    kv.sync.set("big", "small again")  # the old value is a blob: the locked path deletes it
+    assert kv.sync.get("big") == "small again"
+    kv.sync.set("big", big)
+    kv.sync.delete("big")
+    assert kv.sync.get("big") is None
+    assert [h.split(".")[-1] for h in hops] == ["set", "get", "set", "set", "delete"]
+    assert list(kv._store_().list_keys(f"kv/{kv.namespace}/")) == []  # no blob left behind
+
+
+def test_sync_twins_go_through_an_overriding_api(local_config: AetherConfig) -> None:
+    """A VariablesAPI subclass that overrides the async calls (a counter, a fault injector) sees kv.sync calls."""
+    with open_session_sync(config=local_config) as ctx:
+        api = _CountingAPI()
+        counting = PrefectKV(ctx, api=api)
+        counting.sync.set("k", 1)
+        assert counting.sync.get("k") == 1
+        assert api.counts.get("read") == 2
