@@ -56,7 +56,7 @@ def journaled(kind: str) -> Callable[[F], F]:
             fp = fingerprint(request)
             entry = await journal.lookup(
                 position, fp, lambda: f"{kind} {request.get('tool') or request.get('model') or ''}".strip(),
-                lambda: legacy_fingerprint(request))
+                lambda: legacy_fingerprint(request)) if journal.expects(position) else None
             if entry is not None:
                 return await _replay(kind, svc, entry, arguments)
             return await _live(kind, svc, fn, journal, position, fp, args, kwargs)

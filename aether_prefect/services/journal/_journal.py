@@ -14,7 +14,7 @@ with the context. On a store that cannot append (S3) each entry is its own objec
 (a PUT costs milliseconds), and the context's close waits for those puts, so the entries are stored before the
 task reports its result; per-entry objects rather than one upload at the end, so entries survive a worker that
 is killed mid-attempt. What a crash can do: lose an entry (the call is paid again), never leave a torn one that
-replays (every record and object carries a digest checked on read).
+replays (every log record carries a CRC-32 and every object a sha256, checked on read).
 """
 
 from __future__ import annotations
@@ -189,6 +189,12 @@ class Journal:
                             entries[entry.position] = entry  # a later attempt's live call at a position wins
                 self._entries = entries
             return self._entries
+
+    def expects(self, position: int) -> bool:
+        """Whether :meth:`lookup` at ``position`` could replay: replay is on and the journal is not read yet or
+        holds that position (False in a first attempt once read: its calls skip the lookup)."""
+        entries = self._entries
+        return self._replaying and (entries is None or position in entries)
 
     async def lookup(self, position: int, fingerprint: str, what: Callable[[], str],
                      legacy: Callable[[], str]) -> Entry | None:

@@ -476,7 +476,7 @@ def test_a_torn_log_tail_never_replays(llm_server: FakeOpenAI, local_config: Aet
     store = open_store(local_config.store)
     (log,) = [k for k in store.list_keys("journal/") if k.endswith(LOG_SUFFIX)]
     whole = store.get_bytes(log)
-    last = len(whole) - len(whole.rsplit(b"AJL1", 1)[1]) - 4  # where the third record starts
+    last = len(whole) - len(whole.rsplit(b"AJL2", 1)[1]) - 4  # where the third record starts
     torn = whole[:len(whole) - 7] if damage == "cut short" else whole[:last] + b"\0" * (len(whole) - last)
     store.put_bytes(log, torn)
     assert [e.position for e in entries_at(store, log)] == [0, 1]
@@ -493,7 +493,7 @@ def test_a_damaged_record_hides_the_rest_of_its_log(llm_server: FakeOpenAI, loca
     store = open_store(local_config.store)
     (log,) = [k for k in store.list_keys("journal/") if k.endswith(LOG_SUFFIX)]
     whole = bytearray(store.get_bytes(log))
-    second = whole.index(b"AJL1", 4)
+    second = whole.index(b"AJL2", 4)
     whole[second + 60] ^= 1  # one flipped bit in the second record's body
     store.put_bytes(log, bytes(whole))
     monkeypatch.setenv(ENV_REPLAY_FROM, first_id)
@@ -572,3 +572,17 @@ def test_log_records_stop_at_the_first_partial_or_altered_byte() -> None:
         assert list(records(blob[:n])) == [b for b, end in zip(bodies, ends[1:]) if end <= n]
     for n in range(ends[1]):  # any altered byte of the first record hides the whole log
         assert list(records(blob[:n] + bytes([blob[n] ^ 0x40]) + blob[n + 1:])) == []
+
+
+def test_logs_written_before_the_crc_records_still_read() -> None:
+    """Logs of the earlier format (``AJL1`` records checked by sha256) read the same, torn and altered tails too."""
+    import hashlib
+    import struct
+
+    from aether_prefect.services.journal._log import records
+
+    bodies = [b'{"a": 1}', b"second body"]
+    blob = b"".join(struct.pack(">4sI32s", b"AJL1", len(b), hashlib.sha256(b).digest()) + b for b in bodies)
+    assert list(records(blob)) == bodies
+    assert list(records(blob[:-1])) == bodies[:1]
+    assert list(records(blob[:50] + bytes([blob[50] ^ 1]) + blob[51:])) == bodies[:1]
