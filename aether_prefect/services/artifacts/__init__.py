@@ -28,6 +28,7 @@ from aether_prefect.services.artifacts._index import ROOT, Artifact
 from aether_prefect.services.artifacts._migrate import legacy_index
 from aether_prefect.services.artifacts._parts import parts_for
 from aether_prefect.services.artifacts._publish import publish
+from aether_prefect.services.artifacts._query import Filter, Hit, label_match
 from aether_prefect.services._checks import check_metrics
 from aether_prefect.services.base import BoundService
 from aether_prefect.services.stores.base import InvalidKey, ObjectNotFound, ObjectStore
@@ -157,12 +158,6 @@ def _check_view(view: str | None, scope: str | None, default: str) -> str:
     return v
 
 
-def _label_match(have: Any, want: Any) -> bool:
-    if isinstance(want, (list, tuple)):
-        return any(_label_match(have, w) for w in want)
-    if isinstance(have, list):
-        return want in have
-    return bool(have == want)
 
 
 # -- the writer ------------------------------------------------------------------------
@@ -532,28 +527,41 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValidationError(f"limit must be a positive int or None, got {limit!r}")
         want = _check_labels(labels)
+        return await anyio.to_thread.run_sync(self._search, v, kind, want, metric, mode, limit)
+
+    def _search(self, view: str, kind: str | None, want: dict[str, Any], metric: str | None, mode: str,
+                limit: int | None) -> list[Artifact]:
+        """``search`` in one worker thread: hits newest first, one per artifact id, ordered by ``metric`` if given;
+        only the records returned are validated and checked for pins."""
+        hits = self._view_hits(view, kind, want, metric)
+        hits.sort(key=lambda h: h.at, reverse=True)
         seen: set[str] = set()
-        hits: list[Artifact] = []
-        for rec in await anyio.to_thread.run_sync(self._view_records, v, kind, want, metric):
-            if rec.artifact_id in seen:
-                continue
-            if kind is not None and rec.kind != kind:
-                continue
-            if metric is not None and metric not in rec.metrics:
-                continue
-            if not self._in_view(rec, v):
-                continue
-            if want and not all(k in rec.labels and _label_match(rec.labels[k], w) for k, w in want.items()):
-                continue
-            seen.add(rec.artifact_id)
-            hits.append(rec)
-        if hits:
-            pinned = await anyio.to_thread.run_sync(parts_for(self.store).pinned, [h.artifact_id for h in hits if not h.pinned])
-            if pinned:
-                hits = [h.model_copy(update={"pinned": True}) if h.artifact_id in pinned else h for h in hits]
+        unique: list[Hit] = []
+        for hit in hits:
+            if hit.artifact_id not in seen:
+                seen.add(hit.artifact_id)
+                unique.append(hit)
         if metric is not None:
-            hits.sort(key=lambda r: r.metrics[metric], reverse=(mode == "max"))
-        return hits[:limit] if limit else hits
+            unique.sort(key=lambda h: h.score, reverse=(mode == "max"))  # type: ignore[arg-type, return-value]
+        out: list[Artifact] = []
+        for hit in unique:
+            rec = hit.artifact()
+            if rec is None or not self._matches(rec, view, kind, want, metric):
+                continue
+            out.append(rec)
+            if limit is not None and len(out) >= limit:
+                break
+        pinned = parts_for(self.store).pinned([r.artifact_id for r in out if not r.pinned]) if out else set()
+        return [r.model_copy(update={"pinned": True}) if r.artifact_id in pinned else r for r in out]
+
+    def _matches(self, rec: Artifact, view: str, kind: str | None, want: dict[str, Any], metric: str | None) -> bool:
+        if kind is not None and rec.kind != kind:
+            return False
+        if metric is not None and metric not in rec.metrics:
+            return False
+        if not self._in_view(rec, view):
+            return False
+        return not want or all(k in rec.labels and label_match(rec.labels[k], w) for k, w in want.items())
 
     async def list(self, view: View | None = None, *, scope: View | None = None, kind: str | None = None) -> list[Artifact]:
         """Artifacts in ``view`` (default the current run), newest first.
@@ -584,36 +592,25 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         await anyio.to_thread.run_sync(parts_for(self.store).write_pin, artifact_id)
         return rec.model_copy(update={"pinned": True})
 
-    def _view_records(self, view: str, kind: str | None, labels: dict[str, Any], metric: str | None = None) -> list[Artifact]:
-        """Records that may be in ``view``, newest first: only the partitions the view needs are read, and only
-        the raw records matching ``kind``/``labels``/``metric`` are validated into Artifacts."""
+    def _view_hits(self, view: str, kind: str | None, labels: dict[str, Any], metric: str | None = None) -> list[Hit]:
+        """Hits that may be in ``view``: only the partitions (or the graph segment) the view needs are read, and
+        only raw records matching ``kind``/``labels``/``metric`` are considered."""
         ctx, index = self.ctx, parts_for(self.store)
-        node = ctx.node_id if view == "node" else None
-
-        def where(raw: dict[str, Any]) -> bool:
-            if kind is not None and raw.get("kind") != kind:
-                return False
-            if node is not None and raw.get("node_id") != node:
-                return False
-            if metric is not None and metric not in (raw.get("metrics") or ()):
-                return False
-            have = raw.get("labels") or {}
-            return not labels or (isinstance(have, dict) and all(
-                k in have and _label_match(have[k], w) for k, w in labels.items()))
-
-        if view in ("run", "node"):
-            pairs = index.run_records(ctx.graph_id, ctx.run_id, where)
-        elif view == "graph":
-            pairs = index.graph_records(ctx.graph_id, where)
-        else:  # the runs whose facet markers match kind/labels, else (no filter, or an unmarked store) every run
-            facet = index.facet_records(kind, labels, where) if (kind is not None or labels) else None
-            pairs = facet if facet is not None else index.all_records(where)
-        recs = [rec for _key, rec in pairs]
+        flt = Filter(kind=kind, node_id=ctx.node_id if view == "node" else None, metric=metric, labels=labels)
+        if view == "graph":
+            hits = index.graph_hits(ctx.graph_id, flt)
+        else:
+            if view in ("run", "node"):
+                pairs = index.run_records(ctx.graph_id, ctx.run_id, flt)
+            else:  # the runs whose facet markers match kind/labels, else (no filter, or an unmarked store) every run
+                facet = index.facet_records(kind, labels, flt) if (kind is not None or labels) else None
+                pairs = facet if facet is not None else index.all_records(flt)
+            hits = [Hit.of(key, rec, metric) for key, rec in pairs if self._matches(rec, view, kind, labels, metric)]
         legacy = legacy_index(self.store)
         if legacy is not None:  # a store written by the old layout and not migrated: read both
-            recs += [rec for rec in legacy.query(kind, labels)]
-        recs.sort(key=lambda r: r.created_at, reverse=True)
-        return recs
+            hits += [Hit.of("", rec, metric) for rec in legacy.query(kind, labels)
+                     if self._matches(rec, view, kind, labels, metric)]
+        return hits
 
 
 def create(ctx: "NodeContext") -> ArtifactsService:

@@ -21,6 +21,9 @@ the prefix, and a query lists and reads only the partitions it needs:
   known to a reader that had to fetch many of them one by one. It names its keys, so a reader lists the
   partition's keys (cheap), takes the biggest segment and fetches only the keys it lacks; writer clocks do not
   matter. Segments are an optimisation: the events stay authoritative.
+- ``artifacts/index/v2/gseg/g=<graph>/<count>-<uuid>.seg``: a graph segment (see ``_graphseg``), the folded
+  records of a graph's runs with a fingerprint of each run's event keys; ``view="graph"`` reads it plus only the
+  runs whose keys changed since, so a graph of 10,000 records costs one LIST of its keys and one object.
 
 ``view="run"|"node"`` reads one partition, ``view="graph"`` the graph's partitions, ``view="all"`` with
 ``kind=``/``labels=`` the partitions their markers name, and ``view="all"`` alone every partition. A
@@ -39,7 +42,9 @@ from typing import Any
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
+from aether_prefect.services.artifacts._graphseg import Block, GraphSegment, Row, build, fingerprint
 from aether_prefect.services.artifacts._index import ROOT, Artifact, IndexEvent
+from aether_prefect.services.artifacts._query import Filter, Hit
 from aether_prefect.services.stores._per_store import PerStore
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 
@@ -48,11 +53,16 @@ RUNS = f"{V2}/run"
 IDS = f"{V2}/id"
 PINS = f"{V2}/pin"
 SEGS = f"{V2}/seg"
+GSEGS = f"{V2}/gseg"
 FACETS = f"{V2}/facet"
 #: Present when every record of the store has its facet markers.
 FACETS_COMPLETE = f"{V2}/facets.json"
 #: Events fetched one by one in a partition before the reader writes a segment of it.
 SEGMENT_AFTER = 32
+#: A graph query writes a new graph segment when at least this many of the graph's runs (holding at least
+#: GRAPH_SEGMENT_EVENTS events, and an eighth of the graph's events up to 4,096) were read outside it.
+GRAPH_SEGMENT_RUNS = 8
+GRAPH_SEGMENT_EVENTS = 256
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 _POOL = 16
 
@@ -226,6 +236,9 @@ class PartitionedIndex:
         self._parts: dict[Part, _Partition] = {}
         self._marked: set[str] = set()  # facet markers this process wrote (or saw written)
         self._complete: bool | None = None  # FACETS_COMPLETE seen (None: not checked yet)
+        self._gsegs: dict[str, GraphSegment] = {}  # graph part -> the graph segment last read or written
+        # Threads only pay off where each request waits on a network; a local directory answers in microseconds.
+        self._parallel = getattr(store, "scheme", "") != "file"
 
     # -- writes -------------------------------------------------------------------
 
@@ -307,9 +320,114 @@ class PartitionedIndex:
         return self._records([part], where)
 
     def graph_records(self, graph_id: str | None, where: Where | None = None) -> list[tuple[str, Artifact]]:
-        """(key, record) of every run of ``graph_id`` passing ``where``."""
+        """(key, record) of every run of ``graph_id`` passing ``where`` (a :class:`Filter` uses graph segments)."""
+        if where is not None and not isinstance(where, Filter):
+            g = enc("g", graph_id)
+            return self._scan(f"{RUNS}/{g}/", f"{SEGS}/{g}/", where)
+        return [(h.key, rec) for h in self.graph_hits(graph_id, where or Filter()) if (rec := h.artifact()) is not None]
+
+    def graph_hits(self, graph_id: str | None, flt: Filter) -> list[Hit]:
+        """Hits passing ``flt`` in every run of ``graph_id``: one LIST of the graph's event keys, the newest graph
+        segment for the runs it covers exactly, the usual run read for the others; may write a new segment."""
         g = enc("g", graph_id)
-        return self._scan(f"{RUNS}/{g}/", f"{SEGS}/{g}/", where)
+        base = f"{RUNS}/{g}/"
+        listed = self._list(base)
+        seg, seg_keys = self._graph_segment(g)
+        if seg is not None and seg.covers_all(listed):  # nothing changed since the segment: no grouping by run
+            return seg.select(flt, list(seg.runs), base)
+        cut = len(base)
+        by_run: dict[str, list[str]] = {}
+        for key in listed:
+            slash = key.find("/", cut)
+            if slash > cut:
+                by_run.setdefault(key[cut:slash], []).append(key)
+        covered = [run for run, keys in by_run.items() if seg is not None and seg.covers(run, keys)]
+        done = set(covered)
+        rest: dict[Part, list[str]] = {(g, run): keys for run, keys in by_run.items() if run not in done}
+        if rest:
+            with self._lock:
+                fresh = [part for part in rest if part not in self._parts]
+            segs: dict[Part, list[str]] = {}
+            if len(fresh) > 8:
+                for key in self._list(f"{SEGS}/{g}/"):
+                    sg, sr, _ = key[len(SEGS) + 1 :].split("/", 2)
+                    segs.setdefault((sg, sr), []).append(key)
+            else:
+                segs = {part: self._list(f"{SEGS}/{part[0]}/{part[1]}/") for part in fresh}
+            self._refresh(rest, segs)
+        hits = seg.select(flt, covered, base) if seg is not None else []
+        hits += [Hit.of(key, rec, flt.metric) for key, rec in self._records(list(rest), flt)]
+        rest_events = sum(len(keys) for keys in rest.values())
+        if len(rest) >= GRAPH_SEGMENT_RUNS and rest_events >= max(GRAPH_SEGMENT_EVENTS, min(len(listed) // 8, 4096)):
+            self._write_graph_segment(g, seg, seg_keys, by_run, covered, rest)
+        return hits
+
+    def _graph_segment(self, g: str) -> tuple[GraphSegment | None, list[str]]:
+        """The newest readable graph segment of ``g`` (cached while it is the newest) and the segment keys listed."""
+        keys = sorted(self._list(f"{GSEGS}/{g}/"), reverse=True)
+        with self._lock:
+            cached = self._gsegs.get(g)
+        for key in keys[:3]:  # newest first; an unreadable one (deleted meanwhile, damaged) falls back
+            if cached is not None and cached.key == key:
+                return cached, keys
+            seg = GraphSegment.parse(key, self._get_bytes(key) or b"")
+            if seg is not None and seg.graph == g:
+                with self._lock:
+                    self._gsegs[g] = seg
+                return seg, keys
+        return cached, keys
+
+    def _write_graph_segment(self, g: str, seg: GraphSegment | None, seg_keys: list[str], by_run: dict[str, list[str]],
+                             covered: list[str], rest: dict[Part, list[str]]) -> None:
+        """Write a segment of graph ``g``: the blocks ``seg`` still covers plus the runs just read, each fingerprinted
+        with exactly the event keys its records were folded from; then delete segments older than ``seg``."""
+        blocks = seg.blocks(covered) if seg is not None else []
+        keys = [k for run in covered for k in by_run[run]]
+        for part in rest:
+            block, block_keys = self._block(part, rest[part])
+            blocks.append(block)
+            keys += block_keys
+        blocks.sort(key=lambda b: b.run)
+        events = sum(b.events for b in blocks)
+        key = f"{GSEGS}/{g}/{events:010d}-{uuid.uuid4().hex[:12]}.seg"
+        body = build(g, blocks, fingerprint(keys))
+        try:
+            self._store.put_bytes(key, body, content_type="application/octet-stream")
+        except Exception:  # noqa: BLE001 - a segment is an optimisation; the events stay authoritative
+            return
+        new = GraphSegment.parse(key, body)
+        with self._lock:
+            if new is not None:
+                self._gsegs[g] = new
+        if seg is not None:  # older generations: no reader needs them (a reader that still does reads the events)
+            for old in seg_keys:
+                if old < seg.key:
+                    try:
+                        self._store.delete(old)
+                    except Exception:  # noqa: BLE001 - garbage left behind is harmless
+                        pass
+
+    def _block(self, part: Part, listed: list[str]) -> tuple[Block, set[str]]:
+        """The block of a loaded run partition: its kept records, fingerprinted with the keys they come from (and
+        any listed key that holds no event, which contributes nothing)."""
+        with self._lock:
+            p = self._parts[part]
+            keys = set(p.raw) | set(listed)
+            adds = [(k, p._adds[k], p._prefect.get(k), p._valid.get(k)) for k in sorted(p._adds)]
+        rows = []
+        for key, raw, pid, hit in adds:
+            if hit is not None and hit[0] == pid:
+                rec = hit[1]
+            else:
+                try:
+                    rec = Artifact.model_validate(raw)
+                except PydanticValidationError:
+                    rec = None
+                if rec is not None and pid and pid != rec.prefect_artifact_id:
+                    rec = rec.model_copy(update={"prefect_artifact_id": pid})
+            if rec is not None:
+                rows.append(Row.of(key.rsplit("/", 1)[1], rec))
+        return Block(part[1], fingerprint(keys), len(keys), rows), keys
 
     def all_records(self, where: Where | None = None) -> list[tuple[str, Artifact]]:
         """(key, record) of every run of every graph passing ``where`` (reads the whole history)."""
@@ -443,6 +561,12 @@ class PartitionedIndex:
             return
         p.seg_count = len(events)
 
+    def _get_bytes(self, key: str) -> bytes | None:
+        try:
+            return self._store.get_bytes(key)
+        except ObjectNotFound:
+            return None
+
     def _get_json(self, key: str) -> dict[str, Any] | None:
         try:
             out = orjson.loads(self._store.get_bytes(key))
@@ -451,7 +575,7 @@ class PartitionedIndex:
         return out if isinstance(out, dict) else None
 
     def _map(self, fn: Any, jobs: list[Any], small: int = 4) -> list[Any]:
-        if len(jobs) <= small:
+        if len(jobs) <= small or not self._parallel:
             return [fn(j) for j in jobs]
         with ThreadPoolExecutor(min(_POOL, len(jobs))) as pool:
             return list(pool.map(fn, jobs))
@@ -470,4 +594,4 @@ class PartitionedIndex:
 parts_for: PerStore[PartitionedIndex] = PerStore(PartitionedIndex)
 
 
-__all__ = ["FACETS", "FACETS_COMPLETE", "IDS", "PINS", "RUNS", "SEGS", "V2", "facet_markers", "kind_prefix", "label_prefix", "PartitionedIndex", "enc", "part_of", "parts_for"]
+__all__ = ["FACETS", "FACETS_COMPLETE", "GSEGS", "IDS", "PINS", "RUNS", "SEGS", "V2", "facet_markers", "kind_prefix", "label_prefix", "PartitionedIndex", "enc", "part_of", "parts_for"]
