@@ -205,7 +205,7 @@ class LLMService(BoundService):
         self.base_url: str = base.rstrip("/")
         self._adapter = _adapter(spec, profile, self.base_url)
         self._timeout = httpx.Timeout(profile.timeout_s)
-        self._client_cache: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+        self._pool_cache: tuple[asyncio.AbstractEventLoop, llm_http.ClientPool] | None = None
 
     def __repr__(self) -> str:
         return (f"LLMService(profile={self.profile_name!r}, provider={self.provider!r}, "
@@ -269,15 +269,15 @@ class LLMService(BoundService):
         sem: asyncio.Semaphore = self.ctx._service("llm-limiter", lambda: asyncio.Semaphore(limit))
         return sem
 
-    def _client(self) -> httpx.AsyncClient:
-        """The pooled client of the running loop (looked up once per loop by this service)."""
+    def _pool(self) -> llm_http.ClientPool:
+        """The pooled clients of the running loop (looked up once per loop by this service)."""
         loop = asyncio.get_running_loop()
-        cached = self._client_cache
+        cached = self._pool_cache
         if cached is not None and cached[0] is loop and not cached[1].is_closed:
             return cached[1]
-        client = llm_http.pooled_client(self._transport)
-        self._client_cache = (loop, client)
-        return client
+        pool = llm_http.client_pool(self._transport)
+        self._pool_cache = (loop, pool)
+        return pool
 
     async def _reserve(self) -> Reservation | None:
         return await self._budget.acquire() if self._budget.active else None
@@ -305,13 +305,18 @@ class LLMService(BoundService):
     async def _send(self, call: HttpCall, extra_headers: dict[str, str] | None = None, *, auth: bool = True,
                     method: str = "POST") -> httpx.Response:
         """Send one request with retries (budget already reserved); the response is read."""
-        client = self._client()
-        request = self._request(client, call, extra_headers, auth=auth, method=method)
-        async with self._slot():
-            return await llm_http.send(
-                request, client=client, max_retries=self.profile.max_retries, timeout_s=self.profile.timeout_s,
-                profile=self.profile_name, secrets=self._secret_list(),
-            )
+        pool = self._pool()
+        shard = pool.acquire()
+        try:
+            client = pool.clients[shard]
+            request = self._request(client, call, extra_headers, auth=auth, method=method)
+            async with self._slot():
+                return await llm_http.send(
+                    request, client=client, max_retries=self.profile.max_retries, timeout_s=self.profile.timeout_s,
+                    profile=self.profile_name, secrets=self._secret_list(),
+                )
+        finally:
+            pool.release(shard)
 
     def _json_of(self, response: httpx.Response) -> Any:
         try:
@@ -439,7 +444,16 @@ class LLMService(BoundService):
                                kw.pop("tool_choice", None), kw)
         call = self._adapter.chat_call(spec, stream=True)
         res = await self._reserve()
-        client = self._client()
+        pool = self._pool()
+        shard = pool.acquire()
+        try:
+            return await self._stream(pool.clients[shard], call, res, msgs, model_name, on_delta)
+        finally:
+            pool.release(shard)
+
+    async def _stream(self, client: httpx.AsyncClient, call: HttpCall, res: Reservation | None,
+                      msgs: list[dict[str, Any]], model_name: str, on_delta: OnDelta | None) -> tuple[str, dict[str, int]]:
+        """Send a streaming chat on ``client``, feed ``on_delta``, account and log; ``(text, usage)``."""
         request = self._request(client, call)
         pieces: list[str] = []
         raw_usage: Any = None

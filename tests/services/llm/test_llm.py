@@ -367,3 +367,52 @@ def test_llm_set_key_and_overrides(llm_server: FakeOpenAI, local_config: AetherC
     status, text = run(go())
     assert status == 401 and text == "echo: with key"
     assert llm_server.requests[-1].json["model"] == "fake-set"
+
+
+def test_concurrent_calls_spread_over_the_client_pool(llm_server: FakeOpenAI, local_config: AetherConfig) -> None:
+    """Concurrent chats go to the least busy of SHARDS clients (httpcore's per-pool scans grow with the calls in
+    flight in one pool); sequential chats all use the first one; every lease is returned, after failures too."""
+    shards = llm_http.SHARDS
+
+    async def go() -> tuple[list[int], list[int], list[int], list[int]]:
+        async with open_session(config=_cfg(llm_server, local_config)) as ctx:
+            llm = ctx.llm()
+            pool = llm_http.client_pool()
+            assert len(pool.clients) == shards and len({id(c) for c in pool.clients}) == shards
+            picked: list[int] = []
+            acquire = pool.acquire
+
+            def recording() -> int:
+                picked.append(acquire())
+                return picked[-1]
+
+            pool.acquire = recording  # type: ignore[method-assign]
+            for i in range(5):
+                await llm.chat(f"one at a time {i}")
+            sequential, picked[:] = list(picked), []
+            texts = await asyncio.gather(*(llm.chat(f"q {i}") for i in range(8 * shards)))
+            assert [t for t, _ in texts] == [f"echo: q {i}" for i in range(8 * shards)]
+            concurrent, picked[:] = list(picked), []
+            llm_server.script("/chat/completions", [Reply(status=400, json={"error": {"message": "bad"}})] * 3)
+            failed = await asyncio.gather(*(llm.chat("x") for _ in range(3)), return_exceptions=True)
+            assert all(isinstance(e, LLMError) for e in failed)
+            pool.acquire = acquire  # type: ignore[method-assign]
+            idle = [pool.acquire() for _ in range(shards)]  # all leases back: one per client, in order
+            for i in idle:
+                pool.release(i)
+            return sequential, concurrent, picked, idle
+
+    sequential, concurrent, failed, idle = run(go())
+    assert sequential == [0] * 5
+    assert sorted(concurrent) == sorted(list(range(shards)) * 8)
+    assert failed == [0, 1, 2] and idle == list(range(shards))
+
+
+def test_a_custom_transport_gets_one_client() -> None:
+    import httpx
+
+    async def go() -> int:
+        transport = httpx.MockTransport(lambda request: httpx.Response(200, json={}))
+        return len(llm_http.client_pool(transport).clients)
+
+    assert run(go()) == 1
