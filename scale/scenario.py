@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import BaseModel, Field
 
 from scale import cluster, procs
@@ -260,7 +261,14 @@ class Scenario:
         """Wait until at least one of ``ids`` is RUNNING with a live process; return the running runs."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            running = [r for r in await self.read_runs(ids)
+            try:
+                runs = await self.read_runs(ids)
+            except httpx.HTTPError as exc:
+                if not _transient(exc):
+                    raise
+                await asyncio.sleep(1.0)
+                continue
+            running = [r for r in runs
                        if r.state and r.state.type.value == "RUNNING" and _pid_alive(r.infrastructure_pid)]
             if running:
                 return running
@@ -276,9 +284,15 @@ class Scenario:
         client = await prefect_client()
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            arts = await client.read_artifacts(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                artifact_filter=ArtifactFilter(type=ArtifactFilterType(not_any_=["result"])), limit=1)
+            try:
+                arts = await client.read_artifacts(
+                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
+                    artifact_filter=ArtifactFilter(type=ArtifactFilterType(not_any_=["result"])), limit=1)
+            except httpx.HTTPError as exc:
+                if not _transient(exc):
+                    raise
+                await asyncio.sleep(1.0)
+                continue
             if arts:
                 running = await self._wait_in_flight(ids, timeout=timeout)
                 return running
@@ -425,6 +439,11 @@ def _pid(infra: str | None) -> int | None:
         return int(str(infra).rsplit(":", 1)[-1])
     except ValueError:
         return None
+
+
+def _transient(exc: httpx.HTTPError) -> bool:
+    """Whether a poll of the API may be retried: no answer, or a 5xx (the server under load or restarting)."""
+    return not isinstance(exc, httpx.HTTPStatusError) or exc.response.status_code >= 500
 
 
 def _pid_alive(infra: str | None) -> bool:

@@ -24,6 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 PHASES = ["load", "kill", "s3", "server"]
 
 
+def _tail(path: Path, n: int = 4000) -> str:
+    """The end of a cluster log, so a failure shows what the server said (the cluster folder is removed after)."""
+    return path.read_text(errors="replace")[-n:] if path.exists() else f"({path} missing)"
+
+
 def _promises(report: dict) -> dict[str, dict]:  # type: ignore[type-arg]
     return {r["name"]: r for r in report["rows"] if r["ok"] is not None}
 
@@ -43,7 +48,8 @@ def test_scale_scenario_keeps_its_promises_under_load_and_faults(tmp_path: Path)
         assert state is not None, f"the scenario recorded no cluster:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
         recorded = list(state.procs.values())
         assert {"postgres", "moto", "s3-proxy", "server", "worker-1", "worker-2"} <= set(state.procs)
-        assert report_path.exists(), f"no report:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        assert report_path.exists(), (f"no report:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}\n"
+                                      f"server log:\n{_tail(root / 'logs' / 'server.log')}")
         report = json.loads(report_path.read_text())
         failed = [f"{r['name']}: {r['value']}" for r in report["rows"] if r["ok"] is False]
         assert out.returncode == 0 and report["ok"], f"broken promises {failed}\n{out.stdout[-4000:]}"
