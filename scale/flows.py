@@ -1,4 +1,5 @@
-"""The scale flows deployed to the cluster: ``scale_flow`` (@aether_task fan-out) and ``bare_flow`` (bare @task).
+"""The scale flows deployed to the cluster: ``scale_flow`` (@aether_task fan-out), ``hand_flow`` (the same work
+written by hand with bare @task, boto3 and Prefect's artifacts and Variables) and ``bare_flow`` (bare @task).
 
 Each run fans out ``n_tasks`` shards on a DaskTaskRunner (a LocalCluster of 2
 single-threaded worker processes), then records one summary in the graph-level
@@ -8,6 +9,7 @@ memory and sets a KV watermark. Deployed from this repo's directory by
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ from prefect.runtime import flow_run  # noqa: E402
 from prefect_dask import DaskTaskRunner  # noqa: E402
 
 from aether_prefect import NodeContext, aether_flow  # noqa: E402
-from scale.work import bare_shard, shard  # noqa: E402
+from prefect.variables import Variable  # noqa: E402
+
+from scale.work import bare_shard, hand_put, hand_shard, hand_variable, shard  # noqa: E402
 
 SUMMARY_KIND = "scale.summary"
 
@@ -63,3 +67,18 @@ def bare_flow(batch: str = "demo", n_tasks: int = 10, rows: int = 200, hold_s: f
     futures = bare_shard.map(batch, range(n_tasks), counter_key(run_id), run_id, rows, hold_s)  # type: ignore[attr-defined]
     results = [f.result() for f in futures]
     return {"flow_run_id": run_id, "shards": len(results), "rows": sum(r["rows"] for r in results)}
+
+
+@flow(name="hand-flow", retries=1, retry_delay_seconds=2, task_runner=dask_runner())
+def hand_flow(batch: str = "demo", n_tasks: int = 10, rows: int = 200, hold_s: float = 0.0) -> dict[str, Any]:
+    """``scale_flow``'s work written by hand (the baseline of the cluster ratio, #21): shards that PUT their JSON
+    with boto3, create a markdown artifact and read+write a Variable counter; then a Variable watermark and one
+    summary object PUT to S3 (what ``memory().record`` stores)."""
+    run_id = str(flow_run.get_id())
+    futures = hand_shard.map(batch, range(n_tasks), hand_variable(run_id, "shards"), run_id, rows, hold_s)  # type: ignore[attr-defined]
+    results = [f.result() for f in futures]
+    total = sum(r["rows"] for r in results)
+    Variable.set(hand_variable(run_id, "watermark"), len(results), overwrite=True)
+    summary = {"kind": SUMMARY_KIND, "flow_run_id": run_id, "batch": batch, "shards": len(results), "rows": total}
+    hand_put(f"hand/summary/{run_id}.json", json.dumps(summary).encode())
+    return {"flow_run_id": run_id, "shards": len(results), "rows": total}

@@ -20,6 +20,7 @@ S3_SECRET = "scale-secret-key"
 DEPLOYMENTS = [
     ("scale/flows.py:scale_flow", "scale"),
     ("scale/flows.py:bare_flow", "scale"),
+    ("scale/flows.py:hand_flow", "scale"),
 ]
 EXAMPLE = ("flows/data_prep.py", "data-prep")
 
