@@ -116,6 +116,29 @@ with open_session_sync(config=cfg, graph_id=args["graph"], run_id=args["run"]) a
 print(json.dumps(out))
 """
 
+_COUNT = r"""
+import json, sys, collections
+args = json.loads(sys.argv[1])
+from pydantic import SecretStr
+from aether_prefect import open_session_sync
+from aether_prefect.blocks import AetherConfig, AetherObjectStore
+block = AetherObjectStore(backend="s3", bucket=args["bucket"], prefix=args["prefix"], endpoint_url=args["url"],
+                          region="us-east-1", aws_access_key_id=args["ak"], aws_secret_access_key=SecretStr(args["sk"]))
+cfg = AetherConfig(store=block, memory_mirror="off")
+calls = collections.Counter()
+out = {}
+with open_session_sync(config=cfg, graph_id=args["graph"], run_id=args["run"]) as ctx:
+    client = ctx.store()._client()  # built before the queries here, to count their requests (botocore's events)
+    client.meta.events.register("before-call.s3", lambda model, **kw: calls.update([model.name]))
+    arts = ctx.artifacts().sync
+    for name, fn in (("run", lambda: arts.search(view="run")), ("run_again", lambda: arts.search(view="run")),
+                     ("id", lambda: arts.get_by_id(args["id"]))):
+        calls.clear()
+        fn()
+        out[name] = ", ".join(f"{op} x{n}" for op, n in sorted(calls.items()))
+print(json.dumps(out))
+"""
+
 _RAW = r"""
 import json, sys, time
 from concurrent.futures import ThreadPoolExecutor
@@ -223,6 +246,8 @@ def main() -> None:
         # the first reader of each run partition writes its segment: measured once, apart from the rounds
         first = {b: _probe(_OURS, args_of(b)) for b in (small, big)}
         assert first[small]["run_hits"] == first[big]["run_hits"] == RUN_SIZE, first
+        counts = _probe(_COUNT, args_of(big))
+        print(f"S3 requests of a fresh process's queries ({BIG_N} records): {counts}", flush=True)
         res: dict[str, dict[str, list[dict[str, Any]]]] = {b: {"ours": [], "raw": []} for b in (small, big)}
         loads = []
         for i in range(ROUNDS):
