@@ -6,6 +6,7 @@ Rows:
   (goal >= 0.95), as the median of per-round throughput ratios;
 - the same 200-chat batches inside a task run of a flow, where the call journal is on by default: durable
   (journaled) vs ``durable=False`` vs raw httpx, to show what journaling costs at this concurrency;
+- ours vs raw httpx spread over the same number of clients as our pool (``SHARDS``): our own per-call code;
 - client CPU per call of each arm (``time.process_time`` of this process over a batch / 200): less sensitive
   to other processes on the machine than wall time, it shows our own per-call work;
 - KV operations per call under the flow budget (ledger updates / calls).
@@ -90,6 +91,10 @@ async def main() -> None:
         headers = {"Authorization": f"Bearer {FAKE_API_KEY}"}
         # Raw httpx: one client as a hand-written caller would keep it, with the connection limits our one
         # client had before it was split into shards (llm/_http.py ClientPool).
+        # Also raw httpx over SHARDS clients with our shard limits: what is left is our own per-call code.
+        from aether_prefect.services.llm._http import SHARD_LIMITS, SHARDS
+
+        raw8 = [httpx.AsyncClient(limits=SHARD_LIMITS) for _ in range(SHARDS)]
         async with httpx.AsyncClient(limits=httpx.Limits(max_connections=512, max_keepalive_connections=128)) as raw:
             async with open_session(config=config) as ctx:
                 await ctx.kv().get("warm-up")
@@ -113,6 +118,7 @@ async def main() -> None:
                 updates = 0
                 wall, cpu = await rounds({
                     "raw": lambda: raw_batch(raw, base),
+                    "raw pool": lambda: raw_batch(raw8, base),
                     "none": lambda: ours_batch(none_llm),
                     "flow": lambda: ours_batch(flow_llm),
                 })
@@ -120,9 +126,13 @@ async def main() -> None:
             rows += ratio_rows(f"{CONCURRENT} concurrent chats: flow budget vs none", wall, cpu, "flow", "none", 0.9)
             rows += ratio_rows(f"{CONCURRENT} concurrent chats: ours (no budget) vs raw httpx", wall, cpu, "none",
                                "raw", 0.95)
+            rows += ratio_rows(f"{CONCURRENT} chats: ours vs raw httpx spread over {SHARDS} clients as ours", wall,
+                               cpu, "none", "raw pool", 0.95)
             rows.append(common.row(f"ledger updates per budgeted call, {CONCURRENT} concurrent",
                                    conc_updates / (CONCURRENT * (ROUNDS + WARMUP)), None, "ops"))
             rows += await in_task_rows(config, raw, base)
+        for c in raw8:
+            await c.aclose()
         rows.append(load_row("end"))
         common.report("budgets", rows)
     finally:

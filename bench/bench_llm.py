@@ -55,12 +55,16 @@ def _body(i: int) -> dict[str, Any]:
     return {"model": "fake-chat", "messages": [{"role": "user", "content": f"question number {i}"}]}
 
 
-async def raw_batch(client: httpx.AsyncClient, base: str) -> float:
-    """Wall time of CONCURRENT raw POSTs (parse JSON, read content and usage, like the service does)."""
+async def raw_batch(client: httpx.AsyncClient | list[httpx.AsyncClient], base: str) -> float:
+    """Wall time of CONCURRENT raw POSTs (parse JSON, read content and usage, like the service does).
+
+    ``client`` may be a list of clients, used in turn (the same spreading as our client pool).
+    """
     headers = {"Authorization": f"Bearer {FAKE_API_KEY}"}
+    clients = client if isinstance(client, list) else [client]
 
     async def one(i: int) -> str:
-        r = await client.post(f"{base}/chat/completions", json=_body(i), headers=headers, timeout=60)
+        r = await clients[i % len(clients)].post(f"{base}/chat/completions", json=_body(i), headers=headers, timeout=60)
         r.raise_for_status()
         data = r.json()
         _ = data["usage"]["total_tokens"]
