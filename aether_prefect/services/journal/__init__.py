@@ -95,42 +95,43 @@ def _request(kind: str, svc: Any, arguments: dict[str, Any]) -> dict[str, Any]:
 
 async def _live(kind: str, svc: Any, fn: Callable[..., Awaitable[Any]], journal: Journal, position: int, fp: str,
                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Make the call, then record it (only once it succeeded)."""
+    """Make the call, then record it (only once it succeeded). An LLM call also keeps the usage of every request
+    it accounted (``call_usage``) and its new ``last_response``."""
     pieces: list[str] | None = None
     if kind == "chat_stream":
         pieces = []
         kwargs = {**kwargs, "on_delta": _capturing(kwargs.get("on_delta"), pieces)}
+    needles = journal.needles(svc, lambda: _secrets(svc))
     inside = _inside.set(True)
     try:
         if kind == "mcp.call":
             result = await fn(svc, *args, **kwargs)
+            data = entry_body(kind, position, fp, result, needles=needles)
         else:
-            result, sink, reply = await _live_llm(svc, fn, args, kwargs)
+            call_usage = _call_usage()
+            sink: list[tuple[str, str, Any]] = []
+            before = svc.last_response
+            token = call_usage.set(sink)
+            try:
+                result = await fn(svc, *args, **kwargs)
+            finally:
+                call_usage.reset(token)
+            reply = svc.last_response if svc.last_response is not before else None
+            usage = [(p, m, u.prompt_tokens, u.completion_tokens, u.total_tokens) for p, m, u in sink]
+            data = entry_body(kind, position, fp, result, usage=usage, pieces=pieces, last_response=reply,
+                              needles=needles)
     finally:
         _inside.reset(inside)
-    needles = journal.needles(svc, lambda: _secrets(svc))
-    if kind == "mcp.call":
-        await journal.record(kind, position, entry_body(kind, position, fp, result, needles=needles))
-        return result
-    usage = [(p, m, u.prompt_tokens, u.completion_tokens, u.total_tokens) for p, m, u in sink]
-    await journal.record(kind, position, entry_body(kind, position, fp, result, usage=usage, pieces=pieces,
-                                                    last_response=reply, needles=needles))
+    await journal.record(kind, position, data)
     return result
 
 
-async def _live_llm(svc: Any, fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...],
-                    kwargs: dict[str, Any]) -> tuple[Any, list[tuple[str, str, Any]], Any]:
-    """Run an LLM method live: (result, the usage of every request it accounted, its new ``last_response``)."""
+@functools.cache
+def _call_usage() -> "contextvars.ContextVar[Any]":
+    """The LLM service's per-call usage sink (imported on first use: the LLM service imports this module)."""
     from aether_prefect.services.llm._usage import call_usage
 
-    sink: list[tuple[str, str, Any]] = []
-    before = svc.last_response
-    token = call_usage.set(sink)
-    try:
-        result = await fn(svc, *args, **kwargs)
-    finally:
-        call_usage.reset(token)
-    return result, sink, (svc.last_response if svc.last_response is not before else None)
+    return call_usage
 
 
 def _capturing(on_delta: Any, pieces: list[str]) -> Callable[[str], Awaitable[None]]:

@@ -34,8 +34,15 @@ def binder(sig: inspect.Signature) -> Binder:
     defaults = {p.name: p.default for p in params if p.kind is not _P.VAR_KEYWORD and p.default is not p.empty}
     required = named - defaults.keys()
     var_kw = next((p.name for p in params if p.kind is _P.VAR_KEYWORD), None)
+    plain = required <= set(positional)  # every positional given and no keyword: nothing else to check
 
     def fast(svc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        if plain and not kwargs and len(args) + 1 == len(positional):
+            out = dict(defaults)
+            out.update(zip(positional, (svc, *args)))
+            if var_kw is not None:
+                out[var_kw] = {}
+            return out
         given = (svc, *args)
         if len(given) > len(positional):
             return slow(svc, args, kwargs)

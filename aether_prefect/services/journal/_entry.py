@@ -70,7 +70,10 @@ def entry_body(kind: str, position: int, fingerprint: str, result: Any, *, usage
                          pieces=pieces, last_response=last_response).model_dump_json().encode()
         except (TypeError, ValueError):
             return None  # a result JSON cannot hold: the call stays live on retries
-    return None if any(n in data for n in needles) else data
+    for needle in needles:
+        if needle in data:
+            return None
+    return data
 
 
 class Entry(BaseModel):
