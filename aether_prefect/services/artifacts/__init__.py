@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 
-from aether_prefect._sync import async_cm
+from aether_prefect._sync import SyncView, async_cm
 from aether_prefect.services.artifacts._compat import ArtifactsCompat
 from aether_prefect.errors import ArtifactNotFound, IntegrityError, ValidationError
 from aether_prefect.services.artifacts._index import ROOT, Artifact
@@ -202,6 +202,15 @@ class ArtifactsService(ArtifactsCompat, BoundService):
 
     def __repr__(self) -> str:
         return f"ArtifactsService(run_id={self.ctx.run_id!r}, node_id={self.ctx.node_id!r})"
+
+    @property
+    def sync(self) -> Any:
+        """Blocking twin for sync tasks: ``arts.sync.best(...)`` == ``await arts.best(...)``; queries run on the
+        calling thread (they only read the store), saves and loads go through the event loop as usual.
+
+        Example: ``winner = context.artifacts().sync.best(kind="model", metric="accuracy", view="graph")``
+        """
+        return _ArtifactsSyncView(self)
 
     @property
     def store(self) -> ObjectStore:
@@ -408,8 +417,11 @@ class ArtifactsService(ArtifactsCompat, BoundService):
 
         Example: ``art = await context.artifacts().get_by_id(art.artifact_id)``
         """
+        return await anyio.to_thread.run_sync(self._get_by_id_blocking, artifact_id)
+
+    def _get_by_id_blocking(self, artifact_id: str) -> Artifact:
         self._check_id(artifact_id)
-        rec = await anyio.to_thread.run_sync(self._get_record, artifact_id)
+        rec = self._get_record(artifact_id)
         if rec is None:
             raise ArtifactNotFound(f"no artifact with id {artifact_id} in the index of {self.store!r}")
         return rec
@@ -521,13 +533,38 @@ class ArtifactsService(ArtifactsCompat, BoundService):
 
         Example: ``top = await context.artifacts().search(kind="model", metric="accuracy", mode="max", view="graph", limit=3)``
         """
+        v, want = self._search_args(labels, mode, view, scope, limit)
+        return await anyio.to_thread.run_sync(self._search, v, kind, want, metric, mode, limit)
+
+    @staticmethod
+    def _search_args(labels: dict[str, Any] | None, mode: str, view: str | None, scope: str | None,
+                     limit: int | None) -> tuple[str, dict[str, Any]]:
         v = _check_view(view, scope, "run")
         if mode not in ("max", "min"):
             raise ValidationError(f"mode must be 'max' or 'min', got {mode!r}")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
             raise ValidationError(f"limit must be a positive int or None, got {limit!r}")
-        want = _check_labels(labels)
-        return await anyio.to_thread.run_sync(self._search, v, kind, want, metric, mode, limit)
+        return v, _check_labels(labels)
+
+    def _search_blocking(
+        self, *, kind: str | None = None, labels: dict[str, Any] | None = None, metric: str | None = None,
+        mode: Literal["max", "min"] = "max", view: View | None = None, scope: View | None = None,
+        limit: int | None = None,
+    ) -> list[Artifact]:
+        v, want = self._search_args(labels, mode, view, scope, limit)
+        return self._search(v, kind, want, metric, mode, limit)
+
+    def _list_blocking(self, view: View | None = None, *, scope: View | None = None, kind: str | None = None) -> list[Artifact]:
+        return self._search_blocking(kind=kind, view=_check_view(view, scope, "run"))  # type: ignore[arg-type]
+
+    def _best_blocking(
+        self, *, kind: str | None = None, metric: str, mode: Literal["max", "min"] = "max",
+        view: View | None = None, scope: View | None = None, labels: dict[str, Any] | None = None,
+    ) -> Artifact | None:
+        if not isinstance(metric, str) or not metric:
+            raise ValidationError(f"best needs a metric name, got {metric!r}")
+        hits = self._search_blocking(kind=kind, labels=labels, metric=metric, mode=mode, view=view, scope=scope, limit=1)
+        return hits[0] if hits else None
 
     def _search(self, view: str, kind: str | None, want: dict[str, Any], metric: str | None, mode: str,
                 limit: int | None) -> list[Artifact]:
@@ -611,6 +648,23 @@ class ArtifactsService(ArtifactsCompat, BoundService):
             hits += [Hit.of("", rec, metric) for rec in legacy.query(kind, labels)
                      if self._matches(rec, view, kind, labels, metric)]
         return hits
+
+
+class _ArtifactsSyncView(SyncView):  # type: ignore[type-arg]
+    """The artifacts' blocking view: queries (pure store reads) run on the calling thread instead of hopping to the
+    portal loop and a worker thread, unless a subclass overrides the async method."""
+
+    __slots__ = ()
+
+    _BLOCKING = ("search", "list", "best", "get_by_id")
+
+    def __getattr__(self, name: str) -> Any:
+        target = self._target
+        cls = type(target)
+        if name in self._BLOCKING and getattr(cls, name) is getattr(ArtifactsService, name) and (
+                name == "get_by_id" or cls.search is ArtifactsService.search):
+            return getattr(target, f"_{name}_blocking")
+        return super().__getattr__(name)
 
 
 def create(ctx: "NodeContext") -> ArtifactsService:

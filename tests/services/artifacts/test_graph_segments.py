@@ -290,3 +290,38 @@ def test_threads_of_one_process_share_the_segment_safely(tmp_path: Path) -> None
         th.join()
     assert not errors
     assert _seen(store) == _truth(store) and len(_truth(store)) == 42
+
+
+def test_sync_queries_run_on_the_calling_thread_unless_overridden(config_local: AetherConfig) -> None:
+    from aether_prefect import open_session_sync
+    from aether_prefect.services.artifacts import ArtifactsService
+
+    threads: set[int] = set()
+
+    class Watched(LocalStore):
+        def list_keys(self, prefix: str, **kw: Any) -> Any:
+            threads.add(threading.get_ident())
+            return super().list_keys(prefix, **kw)
+
+    store = Watched(config_local.store.root, config_local.store.prefix)  # type: ignore[union-attr]
+    with open_session_sync(config=config_local, graph_id="g", run_id="r") as ctx:
+        arts = ctx.artifacts()
+        arts._store = store
+        saved = arts.sync.save_text("x", kind="model", metrics={"m": 1})
+        threads.clear()
+        assert [a.artifact_id for a in arts.sync.search(view="run")] == [saved.artifact_id]
+        assert arts.sync.best(kind="model", metric="m", view="graph").artifact_id == saved.artifact_id
+        assert [a.artifact_id for a in arts.sync.list()] == [saved.artifact_id]
+        assert arts.sync.get_by_id(saved.artifact_id).artifact_id == saved.artifact_id
+        assert threads == {threading.get_ident()}, "no hop to the portal loop or a worker thread"
+        with pytest.raises(ValueError):
+            arts.sync.search(mode="sideways")  # type: ignore[arg-type]
+
+        class Custom(ArtifactsService):
+            async def search(self, **kw: Any) -> list[Artifact]:  # type: ignore[override]
+                return []
+
+        custom = Custom(ctx)
+        custom._store = store
+        assert custom.sync.search(view="run") == [] and custom.sync.best(kind="model", metric="m") is None
+        assert custom.sync.get_by_id(saved.artifact_id).artifact_id == saved.artifact_id
