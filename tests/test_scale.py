@@ -9,6 +9,7 @@ stopped (and checked gone) even when the scenario fails.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,8 @@ def test_scale_scenario_keeps_its_promises_under_load_and_faults(tmp_path: Path)
         recorded = list(state.procs.values())
         assert {"postgres", "moto", "s3-proxy", "server", "worker-1", "worker-2"} <= set(state.procs)
         assert report_path.exists(), (f"no report:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}\n"
-                                      f"server log:\n{_tail(root / 'logs' / 'server.log')}")
+                                      f"server log:\n{_tail(root / 'logs' / 'server.log')}\n"
+                                      f"postgres log:\n{_tail(root / 'pg' / 'log', 2000)}")
         report = json.loads(report_path.read_text())
         failed = [f"{r['name']}: {r['value']}" for r in report["rows"] if r["ok"] is False]
         assert out.returncode == 0 and report["ok"], f"broken promises {failed}\n{out.stdout[-4000:]}"
@@ -84,6 +86,10 @@ def test_scale_scenario_keeps_its_promises_under_load_and_faults(tmp_path: Path)
         state = cluster.load_state(root)
         if state is not None:
             recorded += list(state.procs.values())
+        for log in [*root.glob("logs/*.log"), root / "pg" / "log"]:  # kept for a post-mortem: clean() removes root
+            if log.exists():
+                (tmp_path / "kept-logs").mkdir(exist_ok=True)
+                shutil.copy(log, tmp_path / "kept-logs" / log.name)
         cluster.clean(root)
     left = [p for p in recorded if cluster.procs.alive(p)]
     assert not left, f"processes left running: {left}"
