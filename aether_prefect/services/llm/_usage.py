@@ -79,7 +79,8 @@ class Usage(BaseModel):
 
     def as_dict(self) -> dict[str, int]:
         """The ``usage`` dict returned by chat(): prompt_tokens, completion_tokens, total_tokens."""
-        return self.model_dump()
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
 
 
 class UsageRow(BaseModel):
@@ -123,30 +124,34 @@ class UsageTracker:
 
     def __init__(self, ctx: "NodeContext") -> None:
         self._ctx = ctx
-        self._rows: dict[tuple[str, str], UsageRow] = {}
+        # Per (profile, model): [calls, prompt, completion, total, replayed, tokens_saved] as plain ints (a
+        # pydantic row per update cost more than the rest of the accounting); rows() builds UsageRows.
+        self._rows: dict[tuple[str, str], list[int]] = {}
         self.published_artifact_id: str | None = None
 
     def record(self, profile: str, model: str, usage: Usage) -> None:
         """Count one call of ``profile``/``model`` with its usage."""
         key = (profile, model or "?")
-        self._row(key).add(usage)
+        row = self._rows.get(key)
+        if row is None:
+            row = self._rows[key] = [0] * 6
+        row[0] += 1
+        row[1] += usage.prompt_tokens
+        row[2] += usage.completion_tokens
+        row[3] += usage.total_tokens
         sink = call_usage.get()
         if sink is not None:
             sink.append((profile, model, usage))
 
     def record_replayed(self, profile: str, model: str, saved: Usage) -> None:
         """Count one call replayed from the journal: no tokens spent, ``saved`` tokens not paid again."""
-        self._row((profile, model or "?")).add_replayed(1, saved.total_tokens)
-
-    def _row(self, key: tuple[str, str]) -> UsageRow:
-        row = self._rows.get(key)
-        if row is None:
-            row = self._rows[key] = UsageRow(profile=key[0], model=key[1])
-        return row
+        row = self._rows.setdefault((profile, model or "?"), [0] * 6)
+        row[4] += 1
+        row[5] += saved.total_tokens
 
     def rows(self) -> list[UsageRow]:
-        """Copies of the rows, sorted by profile and model."""
-        return [self._rows[k].model_copy() for k in sorted(self._rows)]
+        """The rows, sorted by profile and model."""
+        return [UsageRow(profile=p, model=m, **dict(zip(COLUMNS[2:], self._rows[(p, m)]))) for p, m in sorted(self._rows)]
 
     async def aclose(self) -> None:
         """Publish the table once, if calls were made inside a Prefect run."""
