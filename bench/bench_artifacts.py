@@ -245,6 +245,10 @@ def bench_scale(rows: list[dict[str, Any]]) -> None:
 
     from aether_prefect.services.stores.local import LocalStore
 
+    import atexit
+    import shutil
+
+    atexit.register(shutil.rmtree, _PYCACHE, True)
     stores = {}
     for n in (1000, SCALE_N):
         root = os.environ.get(f"BENCH_ARTIFACT_STORE_{n}")  # an already filled store (fill.py --artifacts n)
@@ -254,6 +258,7 @@ def bench_scale(rows: list[dict[str, Any]]) -> None:
             scopes, fill_s = scopes_of(n), float("nan")
         else:
             root, scopes, fill_s = _filled(n)
+            atexit.register(shutil.rmtree, root, True)  # a filled store is the bench's own: gone at exit
         graph, run = scopes[len(scopes) // 2]
         first = (len(scopes) // 2) * 50
         aid = artifact_record(LocalStore(root), first + 7, graph, run, "n")[1].artifact_id
