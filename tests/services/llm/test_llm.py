@@ -416,3 +416,25 @@ def test_a_custom_transport_gets_one_client() -> None:
         return len(llm_http.client_pool(transport).clients)
 
     assert run(go()) == 1
+
+
+def test_the_client_pool_builds_one_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shards share one TLS context: loading the CA bundle per client cost ~70 ms each at a loop's first call."""
+    import ssl
+
+    built: list[ssl.SSLContext] = []
+    create = ssl.create_default_context
+
+    def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+        built.append(create(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+
+    async def go() -> int:
+        pool = llm_http.ClientPool()
+        for c in pool.clients:
+            await c.aclose()
+        return len(pool.clients)
+
+    assert run(go()) == llm_http.SHARDS and len(built) == 1
