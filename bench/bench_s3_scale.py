@@ -22,6 +22,13 @@ Figures are medians over the rounds, with the load average printed next to them.
 Note on moto: its LIST walks every key of the bucket (``moto/s3/models.py: list_objects``), so one LIST
 costs O(store) there, unlike S3, whose LIST costs O(keys returned). The raw column pays the same, which is
 what the "raw" ratio shows.
+
+Measured 2026-12-05 (load 1.4-1.7, 3 rounds; 100,000 records = 314,001 objects, bulk-filled in 34 s):
+fresh ``search(view="run")`` 2,354 ms (goal 300) vs raw 908 ms (2.6x) and vs 704 ms on 1,000 records (3.3x, goal 2;
+raw itself 2.0x); second search in the process 715 ms; ``get_by_id`` 483 ms vs raw 395 ms; ``best(view="graph")``
+9.0 s vs 8.0 s for the raw LIST of the graph's keys alone. A fresh search sends 4 LISTs (the run's segments, the
+run, and the old layout's ``rec/`` and ``snap/``), 51 HEADs (the migration marker, a pin check per hit) and 1 GET;
+at ~0.5 s per moto LIST of this bucket, the LISTs are most of it.
 """
 
 from __future__ import annotations
