@@ -24,13 +24,9 @@ from aether_prefect.services.artifacts._query import Filter
 from aether_prefect.services.stores import open_store
 from aether_prefect.services.stores.base import ObjectStore
 from aether_prefect.services.stores.local import LocalStore
+from tests.services.artifacts._helpers import CountingStore
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture(autouse=True)
@@ -38,26 +34,6 @@ def small_thresholds(monkeypatch: pytest.MonkeyPatch) -> None:
     """Segments after a few runs, so small graphs exercise them."""
     monkeypatch.setattr(_parts, "GRAPH_SEGMENT_RUNS", 3)
     monkeypatch.setattr(_parts, "GRAPH_SEGMENT_EVENTS", 1)
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_store: AetherObjectStore) -> ObjectStore:
-    block = tmp_store if request.param == "local" else request.getfixturevalue("s3_store_block")
-    return open_store(block)
-
-
-class _Counting:
-    """Wraps a real store and records every key read."""
-
-    def __init__(self, inner: ObjectStore) -> None:
-        self.inner, self.reads = inner, []  # type: ignore[var-annotated]
-
-    def get_bytes(self, key: str) -> bytes:
-        self.reads.append(key)
-        return self.inner.get_bytes(key)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def _rec(i: int, run: str, *, graph: str = "g", kind: str | None = None, m: float | None = None) -> Artifact:
@@ -103,7 +79,7 @@ def test_a_segment_plus_newer_runs_answers_exactly_and_reads_only_the_changed_ru
     writer.write_prefect(keys[13], _rec(13, "r3").artifact_id, "pa-13")
     writer.write_add(_rec(200, "r9"))
 
-    counting = _Counting(store)
+    counting = CountingStore(store)
     got = _seen(counting)  # type: ignore[arg-type]
     assert got == _truth(store) and len(got) == 26
     assert ("pa-13" in {g[4] for g in got}) and sum(1 for g in got if g[0] == again.artifact_id) == 1

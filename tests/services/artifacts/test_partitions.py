@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,40 +25,9 @@ from aether_prefect.services.artifacts._parts import (
 from aether_prefect.services.stores import open_store
 from aether_prefect.services.stores.base import ObjectStore
 from aether_prefect.services.stores.local import LocalStore
+from tests.services.artifacts._helpers import CountingStore
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(params=["local", "s3"])
-def store(request: pytest.FixtureRequest, tmp_store: AetherObjectStore) -> ObjectStore:
-    block = tmp_store if request.param == "local" else request.getfixturevalue("s3_store_block")
-    return open_store(block)
-
-
-class _Counting:
-    """Wraps a real store and records every key read and every prefix listed."""
-
-    def __init__(self, inner: ObjectStore) -> None:
-        self.inner, self.reads, self.lists = inner, [], []  # type: ignore[var-annotated]
-        self._lock = threading.Lock()
-
-    def get_bytes(self, key: str) -> bytes:
-        with self._lock:
-            self.reads.append(key)
-        return self.inner.get_bytes(key)
-
-    def list_keys(self, prefix: str, **kw: Any) -> Any:
-        with self._lock:
-            self.lists.append(prefix)
-        return self.inner.list_keys(prefix, **kw)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
 
 
 def _rec(i: int, graph: str | None, run: str, *, kind: str = "k", at: datetime | None = None) -> Artifact:
@@ -80,7 +48,7 @@ def _fill(store: ObjectStore) -> dict[tuple[str | None, str], list[str]]:
 
 def test_queries_read_only_their_partitions(store: ObjectStore) -> None:
     ids = _fill(store)
-    counting = _Counting(store)
+    counting = CountingStore(store)
     fresh = PartitionedIndex(counting)  # type: ignore[arg-type]
     recs = [r for _, r in fresh.run_records("ga", "r1")]
     assert sorted(r.artifact_id for r in recs) == sorted(ids[("ga", "r1")])
@@ -115,7 +83,7 @@ def test_segments_cut_reads_and_miss_nothing(tmp_path: Path) -> None:
     assert len(PartitionedIndex(store).run_records("g", "r")) == 40  # fetched one by one: writes a segment
     assert len(list(store.list_keys(f"{SEGS}/"))) == 1
     writer.write_add(_rec(40, "g", "r", at=datetime.now(timezone.utc) - timedelta(hours=3)))  # a skewed clock
-    counting = _Counting(store)
+    counting = CountingStore(store)
     recs = PartitionedIndex(counting).run_records("g", "r")  # type: ignore[arg-type]
     assert sorted(int(r.metrics["m"]) for _, r in recs) == list(range(41))
     assert len(counting.reads) == 2, counting.reads  # the segment and the one event it lacks
@@ -245,7 +213,7 @@ def test_all_view_with_kind_or_labels_reads_only_matching_runs(store: ObjectStor
     assert store.exists(FACETS_COMPLETE), "the first save of an empty store marks its facets complete"
 
     def ask(kind: str | None, labels: dict[str, Any]) -> tuple[list[tuple[str, str]], set[str]]:
-        counting = _Counting(store)
+        counting = CountingStore(store)
         got = PartitionedIndex(counting).facet_records(kind, labels)  # type: ignore[arg-type]
         assert got is not None
         return sorted((r.run_id or "", r.kind) for _, r in got), _runs_read(counting)
