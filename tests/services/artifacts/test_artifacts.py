@@ -27,11 +27,6 @@ from tests.servers.s3 import SECRET_KEY
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=["local", "s3"])
 def config(request: pytest.FixtureRequest, tmp_store: AetherObjectStore) -> AetherConfig:
     """An unsaved AetherConfig on a fresh store of each backend."""

@@ -21,11 +21,6 @@ pytestmark = pytest.mark.anyio
 _BIG = 200 * 1024  # above the inline limit: the streamed upload path
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(params=["local", "s3"])
 def config(request: pytest.FixtureRequest, tmp_store: AetherObjectStore) -> AetherConfig:
     block = tmp_store if request.param == "local" else request.getfixturevalue("s3_store_block")
