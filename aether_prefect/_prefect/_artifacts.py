@@ -36,6 +36,15 @@ async def create_artifact(
     return await with_client(call)
 
 
+async def delete_artifact(artifact_id: str) -> None:
+    """Delete one artifact by id (the undo of a save whose index write failed after it was published)."""
+
+    async def call(client: Any) -> None:
+        await client.delete_artifact(_uuid(artifact_id))
+
+    await with_client(call)
+
+
 async def read_artifacts(*, flow_run_id: str, type: str | None = None, key: str | None = None) -> list[Any]:
     """Every artifact of a flow run (optionally of one type or key), paging through 200 at a time."""
     from prefect.client.schemas.filters import (

@@ -1,9 +1,10 @@
 """Artifacts service: content-addressed bytes in the object store, indexed, published as Prefect artifacts.
 
-Save order, so nothing is lost or half-written: the blob first (atomic,
-``artifacts/blobs/<sha[:2]>/<sha>``, stored once), then the index event, then the
-Prefect artifact (only once the bytes exist). A failure before the index event
-leaves no record and no Prefect artifact.
+Save order, so nothing is lost or half-written, in three steps (#21: a save used to be six writes one after the
+other): first, at once, the blob (atomic, ``artifacts/blobs/<sha[:2]>/<sha>``, S3-verified), the index's id
+pointer and facet markers (none means anything without the add event); then the Prefect artifact (only once the
+bytes exist); then the index's add event carrying the Prefect artifact's id (the commit point). A failure before
+the add event leaves no record, and the Prefect artifact of a failed add event is deleted again.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import mimetypes
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -27,7 +28,7 @@ from aether_prefect.errors import ArtifactNotFound, IntegrityError, ValidationEr
 from aether_prefect.services.artifacts._index import ROOT, Artifact
 from aether_prefect.services.artifacts._migrate import legacy_index
 from aether_prefect.services.artifacts._parts import parts_for
-from aether_prefect.services.artifacts._publish import publish
+from aether_prefect.services.artifacts._publish import publish, unpublish
 from aether_prefect.services.artifacts._query import Filter, Hit, label_match
 from aether_prefect.services._checks import check_metrics
 from aether_prefect.services.base import BoundService
@@ -330,12 +331,14 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         labels, metrics = _check_labels(labels), _check_metrics(metrics)
         sha = hashlib.sha256(data).hexdigest()
         store = self.store
-        # Always written (atomically, S3-verified against ``sha``): a blob already there may be corrupt, and a
-        # save must never end with a record whose blob does not hash to its id. Same bytes, same key.
-        await anyio.to_thread.run_sync(
-            lambda: store.put_bytes(blob_key(sha), data, content_type=mime, sha256=sha)
-        )
-        return await self._commit(sha, len(data), kind, name, labels, metrics, pin, mime, content=data, json_obj=json_obj)
+
+        def blob() -> None:
+            # Always written (atomically, S3-verified against ``sha``): a blob already there may be corrupt, and a
+            # save must never end with a record whose blob does not hash to its id. Same bytes, same key.
+            store.put_bytes(blob_key(sha), data, content_type=mime, sha256=sha)
+
+        return await self._commit(sha, len(data), kind, name, labels, metrics, pin, mime, content=data,
+                                  json_obj=json_obj, blob=blob)
 
     async def _save_file(
         self, src: Path, kind: str, name: str | None, labels: dict[str, Any] | None,
@@ -360,8 +363,10 @@ class ArtifactsService(ArtifactsCompat, BoundService):
     async def _commit(
         self, sha: str, size: int, kind: str, name: str | None, labels: dict[str, Any], metrics: dict[str, float],
         pin: bool, mime: str | None, *, content: bytes | None, json_obj: Any = None,
+        blob: Callable[[], None] | None = None,
     ) -> Artifact:
-        """Write the index event for bytes already in the store, then publish the Prefect artifact."""
+        """Index and publish the bytes ``blob()`` writes (else bytes already in the store): see the module's
+        docstring for the order."""
         ctx = self.ctx
         scope = {"run_id": ctx.run_id, "graph_id": ctx.graph_id, "node_id": ctx.node_id}
         art = Artifact(
@@ -370,13 +375,18 @@ class ArtifactsService(ArtifactsCompat, BoundService):
             created_at=datetime.now(timezone.utc), **scope,
         )
         index = parts_for(self.store)
-        ref = await anyio.to_thread.run_sync(index.write_add, art)
-        if pin:
-            await anyio.to_thread.run_sync(index.write_pin, sha)
+        ref = await anyio.to_thread.run_sync(lambda: index.prepare_add(art, *([blob] if blob else [])))
         pid = await publish(art, flow_run_id=ctx.flow_run_id, task_run_id=ctx.task_run_id, content=content, json_obj=json_obj)
         if pid is not None:
             art = art.model_copy(update={"prefect_artifact_id": pid})
-            await anyio.to_thread.run_sync(index.write_prefect, ref, sha, pid)
+        try:
+            await anyio.to_thread.run_sync(index.commit_add, ref, art)
+        except Exception:
+            if pid is not None:  # no record (or, after an ambiguous error, a repeat of this save will link its own)
+                await unpublish(pid)
+            raise
+        if pin:
+            await anyio.to_thread.run_sync(index.write_pin, sha)
         return art
 
     # -- loading ------------------------------------------------------------------------

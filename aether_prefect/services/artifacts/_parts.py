@@ -6,7 +6,9 @@ concurrently through S3, while S3 lists any key prefix in one request per 1,000 
 the prefix, and a query lists and reads only the partitions it needs:
 
 - ``artifacts/index/v2/run/g=<graph>/r=<run>/<time_us>-<uuid>.json``: the ``add`` event of a save (the commit
-  point) and the ``prefect`` event that links it to its Prefect artifact, in the run's partition.
+  point, holding its Prefect artifact's id) and, from older writers, a ``prefect`` event linking an add event to
+  its Prefect artifact, in the run's partition. A repeat of a save links the kept record to its own Prefect
+  artifact (the newest attempt's), as a ``prefect`` event would.
 - ``artifacts/index/v2/id/<sha[:2]>/<sha>/<time_us>-<uuid>``: a pointer (the add event's key) written just
   before the add event, so ``get_by_id`` lists one tiny prefix. A pointer whose add event never landed is
   ignored.
@@ -32,6 +34,7 @@ process caches the partitions it queried and, on each query, lists only those pa
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -191,13 +194,17 @@ class _Partition:
             self._alias[key] = kept
             if key in self._prefect and kept not in self._prefect:
                 self._prefect[kept] = self._prefect.pop(key)
+            elif rec.get("prefect_artifact_id") and key not in self._prefect:  # the repeat's own Prefect artifact, saved in its add event
+                self._prefect[kept] = rec["prefect_artifact_id"]
             return
         if kept is not None:  # an earlier writer's event arrived late: it becomes the kept one
-            del self._adds[kept]
+            old = self._adds.pop(kept)
             same.remove(kept)
             self._alias[kept] = key
             if kept in self._prefect and key not in self._prefect:
                 self._prefect[key] = self._prefect.pop(kept)
+            elif old.get("prefect_artifact_id") and key not in self._prefect:
+                self._prefect[key] = old["prefect_artifact_id"]
         same.append(key)
         self._adds[key] = rec
 
@@ -243,34 +250,43 @@ class PartitionedIndex:
     # -- writes -------------------------------------------------------------------
 
     def write_add(self, record: Artifact) -> str:
-        """Point the id at the add event, then write the add event (the commit point); returns its key."""
-        part = part_of(record.graph_id, record.run_id)
-        key = _event_key(part, record.created_at)
-        sha = record.artifact_id
-        self._write_markers(record)
-        self._store.put_bytes(f"{IDS}/{sha[:2]}/{sha}/{key.rsplit('/', 1)[1][:-5]}", key.encode())
-        raw = IndexEvent(op="add", artifact_id=sha, record=record, at=record.created_at).model_dump(mode="json", exclude_none=True)
-        self._store.put_bytes(key, _dumps(raw), content_type="application/json")
-        with self._lock:
-            p = self._parts.get(part)
-            if p is not None:
-                p._apply(key, raw)
+        """Write a save's index entry: :meth:`prepare_add`, then :meth:`commit_add`; returns the add event's key."""
+        key = self.prepare_add(record)
+        self.commit_add(key, record)
         return key
 
-    def _write_markers(self, record: Artifact) -> None:
-        """Facet markers of ``record`` this process has not written yet (in parallel), before its add event; on a
-        store's first save, the mark that every record has its markers."""
+    def prepare_add(self, record: Artifact, *also: Callable[[], Any]) -> str:
+        """Everything a save writes before its commit point, at once: ``also`` (the blob), the id pointer and the
+        facet markers this process has not written yet (and, on a store's first save, the mark that every
+        record has its markers). None needs another: each only matters once the add event exists. Waits for
+        all of them, then raises the first error; returns the key :meth:`commit_add` writes the add event to."""
+        key = _event_key(part_of(record.graph_id, record.run_id), record.created_at)
+        sha = record.artifact_id
+        pointer = f"{IDS}/{sha[:2]}/{sha}/{key.rsplit('/', 1)[1][:-5]}"
         with self._lock:
             todo = [k for k in facet_markers(record) if k not in self._marked]
             first = self._complete is None
+        jobs: list[Callable[[], Any]] = [*also, lambda: self._store.put_bytes(pointer, key.encode())]
+        jobs += [functools.partial(self._store.put_bytes, k, b"") for k in todo]
         if first:
-            self._check_complete()
+            jobs.append(self._check_complete)
+        self._map(lambda job: job(), jobs, small=1)
         if todo:
-            self._map(lambda k: self._store.put_bytes(k, b""), todo, small=1)
             with self._lock:
                 self._marked.update(todo)
                 if len(self._marked) > 100_000:
                     self._marked.clear()
+        return key
+
+    def commit_add(self, key: str, record: Artifact) -> None:
+        """Write the add event of ``record`` at ``key`` (from :meth:`prepare_add`): the commit point of a save."""
+        raw = IndexEvent(op="add", artifact_id=record.artifact_id, record=record, at=record.created_at).model_dump(
+            mode="json", exclude_none=True)
+        self._store.put_bytes(key, _dumps(raw), content_type="application/json")
+        with self._lock:
+            p = self._parts.get(_part_of_key(key))
+            if p is not None:
+                p._apply(key, raw)
 
     def forget_facets(self) -> None:
         """Check again whether the store's facet markers are complete (after ``store migrate`` wrote them)."""

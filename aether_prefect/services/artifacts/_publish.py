@@ -94,4 +94,18 @@ async def publish(
     )
 
 
-__all__ = ["describe", "payload", "prefect_key", "publish"]
+async def unpublish(prefect_artifact_id: str) -> None:
+    """Delete a Prefect artifact created for a save whose index write then failed (best effort: a failure is
+    logged, and the artifact still points at bytes that exist)."""
+    from aether_prefect._prefect import artifacts as prefect_artifacts
+
+    try:
+        await prefect_artifacts.delete_artifact(prefect_artifact_id)
+    except Exception as exc:  # noqa: BLE001 - the save's own error is the one to raise
+        import logging
+
+        logging.getLogger("aether_prefect.artifacts").warning(
+            "could not delete Prefect artifact %s of a failed save: %s", prefect_artifact_id, exc)
+
+
+__all__ = ["describe", "payload", "prefect_key", "publish", "unpublish"]

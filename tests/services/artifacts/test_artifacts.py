@@ -311,6 +311,71 @@ async def test_failed_index_write_leaves_no_record_nor_prefect_artifact(tmp_path
     assert len(list(store.list_keys("artifacts/blobs/"))) == 1  # the blob alone is harmless (no record points at it)
 
 
+def _failing(store: Any) -> Any:
+    """``store`` (a real store) made to refuse one PUT: ``store.fail_at = n`` refuses the n-th from now on."""
+    import threading
+
+    class Failing(type(store)):  # type: ignore[misc, valid-type]
+        def put_bytes(self, key: str, data: bytes, **kw: Any) -> None:
+            with self.lock:
+                self.puts += 1
+                refuse = self.puts == self.fail_at
+            if refuse:
+                self.refused.append(key)
+                raise StoreError(f"PUT {self.puts} refused (test)")
+            super().put_bytes(key, data, **kw)
+
+    store.__class__ = Failing
+    store.lock, store.puts, store.fail_at, store.refused = threading.Lock(), 0, None, []
+    return store
+
+
+async def test_a_save_failing_at_any_put_leaves_nothing_half_written(config: AetherConfig) -> None:
+    """Fail the 1st, 2nd, ... PUT of a save until one succeeds (the blob, id pointer and markers go at once, then
+    the Prefect artifact, then the add event): each failed save leaves no record and no Prefect artifact (the one
+    published before a refused add event is deleted again); the retries leave one record each, with its bytes
+    and its Prefect artifact."""
+    from aether_prefect.services.artifacts._parts import RUNS, PartitionedIndex
+
+    store = _failing(open_store(config.store))  # type: ignore[arg-type]
+    failed: list[str] = []
+
+    @aether_task(store=store)
+    async def save(*, context: NodeContext) -> tuple[str, list[Artifact]]:
+        arts = context.artifacts()
+        for n in range(1, 30):
+            store.fail_at = store.puts + n
+            try:
+                await arts.save_text(f"content {n}", name=f"a{n}.txt", labels={"n": n})
+            except StoreError:
+                sha = hashlib.sha256(f"content {n}".encode()).hexdigest()
+                assert PartitionedIndex(store).get(sha) is None  # a fresh reader sees no record
+                assert await _prefect_artifacts(str(context.flow_run_id)) == []
+                failed.append(f"content {n}")
+                continue
+            break
+        store.fail_at = None
+        retried = [await arts.save_text(text, name=f"a{text.split()[1]}.txt", labels={"n": int(text.split()[1])})
+                   for text in failed]
+        return str(context.flow_run_id), retried
+
+    @flow
+    async def f() -> tuple[str, list[Artifact]]:
+        return await save()
+
+    flow_run_id, retried = await f()
+    assert len(failed) >= 3 and any(k.startswith(f"{RUNS}/") for k in store.refused)  # the add event was refused too
+    fresh = PartitionedIndex(store)
+    records = [r for _, r in fresh.all_records()]
+    shas = sorted(r.artifact_id for r in records)
+    assert len(shas) == len(set(shas)) == len(failed) + 1  # one record per save, none of a failed attempt
+    for rec in records:
+        assert hashlib.sha256(store.get_bytes(blob_key(rec.artifact_id))).hexdigest() == rec.artifact_id
+    in_run = {str(a.id) for a in await _prefect_artifacts(flow_run_id)}
+    assert {r.prefect_artifact_id for r in records} == in_run and len(in_run) == len(records)
+    assert {r.prefect_artifact_id for r in retried} <= in_run
+
+
 def test_sync_task_uses_sync_view(config: AetherConfig) -> None:
     @aether_task(config=config)
     def work(*, context: NodeContext) -> tuple[str, str]:

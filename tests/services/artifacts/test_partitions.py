@@ -123,6 +123,24 @@ def test_a_retried_save_is_one_entry_in_its_partition(tmp_path: Path) -> None:
     assert len(recs) == 1 and recs[0][1].prefect_artifact_id == "pa-1"
 
 
+@pytest.mark.parametrize("landed_first", [True, False])
+def test_a_retried_save_links_its_newest_prefect_artifact(tmp_path: Path, landed_first: bool) -> None:
+    """Add events carry their Prefect artifact's id: a retry (same save, its own Prefect artifact) is one entry
+    linked to the retry's artifact, whichever event a reader sees first."""
+    from aether_prefect.services.artifacts._parts import _Partition
+
+    rec = _rec(1, "g", "r")
+    part = part_of("g", "r")
+    keys = [f"{RUNS}/{part[0]}/{part[1]}/{n:017d}-{uuid.uuid4().hex[:12]}.json" for n in (1, 2)]
+    raws = [IndexEvent(op="add", artifact_id=rec.artifact_id, record=rec.model_copy(update={"prefect_artifact_id": pid}),
+                       at=rec.created_at).model_dump(mode="json", exclude_none=True) for pid in ("pa-1", "pa-2")]
+    p = _Partition(part)
+    for i in ((0, 1) if landed_first else (1, 0)):
+        p._apply(keys[i], raws[i])
+    recs = p.records()
+    assert [(k, r.prefect_artifact_id) for k, r in recs] == [(keys[0], "pa-2")]
+
+
 async def test_old_layout_reads_then_migrates_twice_losing_nothing(config_local: AetherConfig) -> None:
     store = open_store(config_local.store)  # type: ignore[arg-type]
     old = ArtifactIndex(store)  # the pre-#21 writer
