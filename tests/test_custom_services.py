@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -301,5 +302,52 @@ def test_context_attribute_is_a_service_handle(local_config) -> None:  # type: i
                 ctx.plain(1)
             with pytest.raises(AttributeError):
                 ctx.predictor.missing_attribute
+    finally:
+        shutdown_services()
+
+
+class _Peer(Service):
+    """A service whose start reaches its peer (and itself) through the context, as a start that wires clients may."""
+
+    def __init__(self, name: str, peer: str, holder: dict[str, NodeContext], is_async: bool) -> None:
+        super().__init__()
+        self.name, self.peer, self.holder, self.is_async, self.starts = name, peer, holder, is_async, 0
+        self.saw: list[object] = []
+
+    def _wire(self) -> None:
+        self.starts += 1
+        ctx = self.holder["ctx"]
+        self.saw = [ctx.svc(self.peer), ctx.svc(self.name)]
+
+    def start(self) -> object:
+        if not self.is_async:
+            self._wire()
+            return None
+
+        async def astart() -> None:
+            self._wire()
+
+        return astart()
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync-start", "async-start"])
+def test_a_start_that_reaches_its_own_service_does_not_deadlock(local_config, is_async: bool) -> None:  # type: ignore[no-untyped-def]
+    """A start() that asks for its own service, or for a peer whose start asks for it back, gets the service
+    (each started once) instead of waiting on its own start lock forever."""
+    holder: dict[str, NodeContext] = {}
+    a, b = _Peer("peer_a", "peer_b", holder, is_async), _Peer("peer_b", "peer_a", holder, is_async)
+    register_context_service("peer_a", a)
+    register_context_service("peer_b", b)
+    got: list[object] = []
+    try:
+        with open_session_sync(config=local_config) as ctx:
+            holder["ctx"] = ctx
+            worker = threading.Thread(target=lambda: got.append(ctx.svc("peer_a")), daemon=True)
+            worker.start()
+            worker.join(timeout=60)
+            assert not worker.is_alive(), "start() re-entering its own service deadlocked"
+        assert got == [a]
+        assert (a.starts, b.starts) == (1, 1)
+        assert a.saw == [b, a] and b.saw == [a, b]
     finally:
         shutdown_services()

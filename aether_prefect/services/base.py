@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import contextvars
 import functools
 import inspect
 import re
@@ -161,6 +162,10 @@ def _state(service: Service) -> dict[str, Any]:
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _registry: dict[str, Any] = {}
 _registry_lock = threading.Lock()
+# Services whose ``start()`` is running in this call chain. The portal and worker threads inherit it (run_sync
+# copies the caller's contextvars), so a start that reaches its own service (or a cycle back to it) gets the
+# service as it is, the way a circular import gets the half-initialised module, instead of waiting on itself.
+_starting: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar("aether_starting", default=frozenset())
 
 
 def _context_names() -> frozenset[str]:
@@ -216,10 +221,15 @@ def get_service(name: str) -> Any:
         )
     if isinstance(service, Service):
         state = _state(service)
-        if not state["_aether_started"]:
+        starting = _starting.get()
+        if not state["_aether_started"] and id(service) not in starting:
             with state["_aether_start_lock"]:
                 if not state["_aether_started"]:
-                    _call_hook(service.start)
+                    token = _starting.set(starting | {id(service)})
+                    try:
+                        _call_hook(service.start)
+                    finally:
+                        _starting.reset(token)
                     state["_aether_started"] = True
     return service
 
