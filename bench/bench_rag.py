@@ -1,4 +1,5 @@
-"""RAG bench: search latency at 10k and 100k chunks (lexical, dense 384-d, hybrid) and upsert throughput.
+"""RAG bench: search latency at 10k and 100k chunks (lexical, dense 384-d, hybrid), upsert throughput, and a fresh
+load after a long history (checkpoint vs replay). Run: ``bench/bench_rag.py [--history 1000] [10000 100000]``.
 
 Everything goes through the real service (``context.rag``) on a local object store. The
 embedder is a local in-process hashed bag-of-words model (384-d) injected as ``llm=``, so
@@ -167,11 +168,58 @@ async def run_size(n_chunks: int, rows: list[dict[str, Any]], root: str) -> None
                                None, "ms", target=100.0 if n_chunks >= 100_000 else None))
 
 
+async def run_history(n_commits: int, rows: list[dict[str, Any]], root: str) -> None:
+    """#21: a fresh process's first load of a 20-document corpus that ``n_commits`` upserts made, with checkpoints
+    (ours) vs replaying every commit (raw: what a reader did before checkpoints, and still does without one)."""
+    from aether_prefect import open_session
+    from aether_prefect.blocks import AetherConfig, AetherObjectStore
+    from aether_prefect.services.rag import _index as ri
+
+    cfg = AetherConfig(store=AetherObjectStore(backend="local", root=root))
+    async with open_session(config=cfg) as ctx:
+        cid = await ctx.rag.bind_corpus("bench-history")
+        t = time.perf_counter()
+        for i in range(n_commits):
+            await ctx.rag.upsert_docs(cid, [{"text": f"note {i}: okapi{i % 20} revision {i}", "title": f"doc-{i % 20}"}])
+        print(f"history: {n_commits} upserts in {time.perf_counter() - t:.1f}s", flush=True)
+        store = ctx.store()
+    settings = ri.read_settings(store, cid)
+
+    def fresh_load(checkpoints: bool) -> float:
+        idx = ri.CorpusIndex(cid, settings)  # type: ignore[arg-type]
+        orig = ri.read_checkpoint
+        if not checkpoints:
+            ri.read_checkpoint = lambda *a, **k: None  # type: ignore[assignment]
+        try:
+            t = time.perf_counter()
+            idx.sync_from_store(store)
+            took = time.perf_counter() - t
+        finally:
+            ri.read_checkpoint = orig  # type: ignore[assignment]
+        assert len(idx.active()) == 20, len(idx.active())
+        return took
+
+    ours, raw = [], []
+    for _ in range(5):  # interleaved
+        ours.append(fresh_load(True))
+        raw.append(fresh_load(False))
+    rows.append(common.row(f"fresh load, 20 docs after {n_commits} commits: checkpoint vs replay (ms)",
+                           float(np.median(ours)) * 1000, float(np.median(raw)) * 1000, "ms"))
+
+
 def main() -> None:
-    sizes = [int(s) for s in (sys.argv[1:] or ["10000", "100000"])]
+    args = sys.argv[1:]
+    history = 1000
+    if "--history" in args:
+        i = args.index("--history")
+        history = int(args[i + 1])
+        del args[i:i + 2]
+    sizes = [int(s) for s in (args or ["10000", "100000"])]
     os.environ.setdefault("AETHER_RAG_REFRESH_S", "1.0")
     rows: list[dict[str, Any]] = []
     root = tempfile.mkdtemp(prefix="aether-bench-rag-")
+    if history:
+        asyncio.run(run_history(history, rows, root))
     for n in sizes:
         asyncio.run(run_size(n, rows, root))
     common.report("rag", rows)

@@ -7,6 +7,9 @@ concurrent upserts from several processes never lose each other's documents):
 - ``rag/data/<corpus_id>/docs/<src>/<rev>.json``     one immutable record per document revision
 - ``rag/data/<corpus_id>/commits/<time_ns>-<uuid>.json``  one immutable commit per change: the
   revisions it adds and removes
+- ``rag/data/<corpus_id>/checkpoints/<upto>--<uuid>.json``  the revisions live after every commit up to
+  ``upto``, with the count and a digest of exactly those commit keys, so a fresh reader replays only the
+  commits after it
 - ``rag/data/<corpus_id>/version``                   a random token rewritten after every change
 
 ``src`` hashes the document's source (its path, ``source`` or title), ``rev`` its content,
@@ -18,12 +21,20 @@ removed by the commits it lists (replayed in key order), so a writer that dies a
 every process with the same view (revisions without a commit are invisible to all). A corpus
 written before commits existed is read by listing its revisions until its first commit, which
 lists them all. Readers cache the index per process and fetch only new commits and records.
+
+Checkpoints keep a fresh reader's cost with the corpus, not its history: a reader that replayed
+``CHECKPOINT_EVERY`` commits past the last checkpoint writes one (immutable, any process may). A fresh reader
+lists the commits, takes the newest checkpoint whose count and digest match the listed keys up to its
+``upto`` (so a late commit with an earlier key is never skipped) and fetches only the later commits. Commits
+are never deleted, so readers of older versions and a damaged or missing checkpoint still read everything.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import logging
 import math
 import threading
 import time
@@ -39,10 +50,15 @@ from aether_prefect.errors import RAGError
 from aether_prefect.services.rag._chunk import term_counts, tokenize
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
 
+_log = logging.getLogger("aether_prefect.rag")
+
 BM25_K1 = 1.2
 BM25_B = 0.75
 #: Chunks a delta snapshot may hold before the next search rebuilds the base (or a tenth of the base).
 DELTA_MIN = 5000
+#: Commits replayed past the last checkpoint before a reader writes a new one (and checkpoints kept).
+CHECKPOINT_EVERY = 64
+CHECKPOINTS_KEPT = 3
 
 
 class CorpusSettings(BaseModel):
@@ -148,6 +164,45 @@ def write_commit(store: ObjectStore, corpus_id: str, add: Iterable[str], remove:
     return key
 
 
+def checkpoints_prefix(corpus_id: str) -> str:
+    return f"rag/data/{corpus_id}/checkpoints/"
+
+
+def commits_digest(keys: Iterable[str]) -> str:
+    """A digest of exactly this set of commit keys (what a checkpoint covers)."""
+    return hashlib.sha256("\n".join(sorted(keys)).encode()).hexdigest()
+
+
+def write_checkpoint(store: ObjectStore, corpus_id: str, covered: Iterable[str], live: Iterable[str]) -> str:
+    """Record ``live`` as the revisions live after exactly the commits ``covered``; keeps the newest few."""
+    keys = sorted(covered)
+    upto = keys[-1]
+    stem = upto.rsplit("/", 1)[-1][: -len(".json")]
+    key = f"{checkpoints_prefix(corpus_id)}{stem}--{uuid.uuid4().hex[:12]}.json"
+    body = {"upto": upto, "count": len(keys), "digest": commits_digest(keys), "live": sorted(live)}
+    store.put_bytes(key, json.dumps(body, separators=(",", ":")).encode(), content_type="application/json")
+    for old in sorted(store.list_keys(checkpoints_prefix(corpus_id)))[:-CHECKPOINTS_KEPT]:
+        store.delete(old)  # a reader that listed it and finds it gone falls back to an older one or to replay
+    return key
+
+
+def read_checkpoint(store: ObjectStore, corpus_id: str, listed: list[str]) -> tuple[str, set[str]] | None:
+    """(upto, live revisions) of the newest checkpoint that covers exactly the ``listed`` commits up to its
+    ``upto`` (sorted keys); None when there is none, or none matches (a late commit, a damaged object)."""
+    for ckey in sorted(store.list_keys(checkpoints_prefix(corpus_id)), reverse=True)[:CHECKPOINTS_KEPT + 1]:
+        try:
+            raw = json.loads(store.get_bytes(ckey))
+            upto, count, digest, live = raw["upto"], int(raw["count"]), raw["digest"], raw["live"]
+        except (ObjectNotFound, ValueError, KeyError, TypeError):
+            continue
+        if not isinstance(upto, str) or not isinstance(live, list):
+            continue
+        covered = [k for k in listed if k <= upto]
+        if len(covered) == count and commits_digest(covered) == digest:
+            return upto, {k for k in live if isinstance(k, str)}
+    return None
+
+
 def read_version(store: ObjectStore, corpus_id: str) -> str:
     try:
         return store.get_bytes(version_key(corpus_id)).decode()
@@ -214,6 +269,8 @@ class CorpusIndex:
     _stale: Built | None = None  # the previous snapshot, whose vectors are reused by the next build
     _segs: list[tuple[Built, np.ndarray | None]] | None = None  # the base (+ alive mask) and a delta, if any
     commits: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # commit key -> its adds/removes
+    base: set[str] | None = None  # the live revisions of the checkpoint loaded, if any ...
+    base_upto: str = ""  # ... which covers every known commit key up to this one (kept as empty entries)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     # -- record bookkeeping ---------------------------------------------------
@@ -254,9 +311,12 @@ class CorpusIndex:
         return _DocTerms(np.asarray(tids, np.int32), np.asarray(tfs, np.float32), lens, dl)
 
     def committed(self) -> set[str]:
-        """Revisions added and not removed by the known commits, replayed in key order."""
-        live: set[str] = set()
+        """Revisions added and not removed by the known commits, replayed in key order (from the checkpoint's
+        live set, when one was loaded, for the commits it covers)."""
+        live: set[str] = set(self.base or ())
         for key in sorted(self.commits):
+            if key <= self.base_upto:
+                continue
             live |= set(self.commits[key].get("add", ()))
             live -= set(self.commits[key].get("remove", ()))
         return live
@@ -265,15 +325,35 @@ class CorpusIndex:
         """Load records committed by any process since the last sync and drop removed ones."""
         with self.lock:
             version = read_version(store, self.corpus_id)
-            for ckey in sorted(set(store.list_keys(commits_prefix(self.corpus_id))) - set(self.commits)):
-                if not ckey.endswith(".json"):
-                    continue
+            listed = sorted(k for k in store.list_keys(commits_prefix(self.corpus_id)) if k.endswith(".json"))
+            new = [k for k in listed if k not in self.commits]
+            if self.base is not None and new and new[0] <= self.base_upto:
+                # A commit older than the checkpoint landed late: replay everything, in key order.
+                self.commits, self.base, self.base_upto, new = {}, None, "", listed
+            if not self.commits and len(listed) > CHECKPOINT_EVERY:
+                found = read_checkpoint(store, self.corpus_id, listed)
+                if found is not None:
+                    self.base_upto, self.base = found
+                    self.commits = {k: {} for k in listed if k <= self.base_upto}
+                    new = [k for k in listed if k > self.base_upto]
+            for ckey in new:
                 try:
                     raw = json.loads(store.get_bytes(ckey))
-                except (ObjectNotFound, ValueError):
+                except ObjectNotFound:
                     continue
-                if isinstance(raw, dict):
-                    self.commits[ckey] = {"add": list(raw.get("add", [])), "remove": list(raw.get("remove", []))}
+                except ValueError:
+                    raw = {}
+                if not isinstance(raw, dict):  # not a commit (commits are written whole): nothing to replay
+                    raw = {}
+                self.commits[ckey] = {"add": list(raw.get("add", [])), "remove": list(raw.get("remove", []))}
+            if sum(1 for k in self.commits if k > self.base_upto) >= CHECKPOINT_EVERY:
+                live = self.committed()
+                try:
+                    write_checkpoint(store, self.corpus_id, self.commits, live)
+                except Exception as exc:  # noqa: BLE001 - a reader that cannot write still reads everything
+                    _log.debug("rag: no checkpoint written for %s: %s", self.corpus_id, exc)
+                else:
+                    self.base, self.base_upto = live, max(self.commits)
             if self.commits:
                 keys = self.committed()
             else:  # a corpus written before commits existed: its listed revisions are its content
