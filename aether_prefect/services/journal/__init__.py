@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aether_prefect.services.journal._bind import binder
-from aether_prefect.services.journal._entry import Entry, entry_body, fingerprint, legacy_fingerprint
+from aether_prefect.services.journal._entry import Entry, entry_body, fingerprint, older_fingerprints
 from aether_prefect.services.journal._journal import ENV_REPLAY_FROM, PREFIX, RETENTION_S, Journal, journal_of
 from aether_prefect.services.journal._prune import prune
 
@@ -56,7 +56,7 @@ def journaled(kind: str) -> Callable[[F], F]:
             fp = fingerprint(request)
             entry = await journal.lookup(
                 position, fp, lambda: f"{kind} {request.get('tool') or request.get('model') or ''}".strip(),
-                lambda: legacy_fingerprint(request)) if journal.expects(position) else None
+                lambda: older_fingerprints(request)) if journal.expects(position) else None
             if entry is not None:
                 return await _replay(kind, svc, entry, arguments)
             return await _live(kind, svc, fn, journal, position, fp, args, kwargs)
@@ -122,7 +122,8 @@ async def _live(kind: str, svc: Any, fn: Callable[..., Awaitable[Any]], journal:
                               needles=needles)
     finally:
         _inside.reset(inside)
-    await journal.record(kind, position, data)
+    if not journal.append_now(kind, position, data):  # once the attempt's log is open: no await
+        await journal.record(kind, position, data)
     return result
 
 

@@ -95,11 +95,13 @@ class ObjectStore(ABC):
         """
         return self.put_if_absent(key, data)
 
-    def open_log(self, key: str) -> "AppendLog | None":
+    def open_log(self, key: str, *, reserve: int = 0) -> "AppendLog | None":
         """A new object at ``key`` open for appending, or None when the store cannot append (S3: objects are
         written whole). Each append reaches the operating system at once (a crash of this process loses nothing
         appended), nothing is flushed to disk, and readers may see a partial last append: callers frame and check
-        their records (the call journal's log). Default: None.
+        their records (the call journal's log). ``reserve=N`` lets the store size the object up front to append
+        without a system call each; readers may then see zeros after the appended bytes until the log is closed
+        (or for good, after a crash), so only records that tell a zero tail from a record may ask. Default: None.
 
         Example: ``log = store.open_log("journal/run/task/0-0/log-ab12.jlog")  # None on S3``
         """

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+import mmap
 import os
 import shutil
 import tempfile
@@ -114,18 +116,33 @@ class LocalStore(ObjectStore):
             f.write(data)
         return True
 
-    def open_log(self, key: str) -> "LocalLog":
+    def open_log(self, key: str, *, reserve: int = 0) -> "LocalLog | MappedLog":
         """A new file at ``key`` (exclusive create) opened for appends (``O_APPEND``, unbuffered, no fsync).
+
+        ``reserve=N`` (where the system has ``posix_fallocate``): the file is allocated N bytes up front and appends
+        are copied into a shared memory map of it (see :class:`MappedLog`); a file system that cannot allocate
+        falls back to plain appends.
 
         Example: ``log = store.open_log("journal/run/task/0-0/log-ab12.jlog"); log.append(b"..."); log.close()``
         """
         dest = str(self._path(key))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+        mapped = reserve > 0 and hasattr(os, "posix_fallocate")
+        flags = (os.O_RDWR if mapped else os.O_WRONLY | os.O_APPEND) | os.O_CREAT | os.O_EXCL
         try:
             fd = os.open(dest, flags, 0o600)
         except FileNotFoundError:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             fd = os.open(dest, flags, 0o600)
+        if mapped:
+            try:
+                return MappedLog(fd, reserve)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    os.close(fd)
+                    raise
+                os.ftruncate(fd, 0)  # no fallocate or mmap on this file system: plain appends
+                os.close(fd)
+            fd = os.open(dest, os.O_WRONLY | os.O_APPEND)
         return LocalLog(fd)
 
     def put_file(self, key: str, path: Path, *, content_type: str | None = None) -> None:
@@ -266,6 +283,54 @@ class LocalLog(AppendLog):
             os.close(fd)
 
     def __del__(self) -> None:  # a context never closed must not leak the descriptor
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - nothing to do at interpreter teardown
+            pass
+
+
+class MappedLog(AppendLog):
+    """An open file appended to by copying into a shared memory map of it: no system call per record (a
+    ``write`` to the file costs 10-15 us on a live LLM call, a copy into the map a few), and what was copied is in
+    the page cache at once, so it survives a crash (SIGKILL) of this process, as ``os.write`` does.
+
+    The file is allocated ``reserve`` bytes up front (``posix_fallocate``: a full disk fails here with an
+    ``OSError``, never later as a SIGBUS on a copy) and doubled when a record does not fit; :meth:`close` trims it
+    to what was appended. Until then, and after a crash, readers see the appended bytes followed by zeros: the
+    records must tell a zero tail from a record (the call journal's do). A lock keeps concurrent appends whole.
+    """
+
+    def __init__(self, fd: int, reserve: int) -> None:
+        os.posix_fallocate(fd, 0, reserve)
+        self._map: mmap.mmap | None = mmap.mmap(fd, reserve)
+        self._fd = fd
+        self._end = 0
+        self._lock = threading.Lock()
+
+    def append(self, data: bytes) -> None:
+        with self._lock:
+            if self._map is None:
+                raise ValueError("append to a closed log")
+            end = self._end + len(data)
+            if end > len(self._map):
+                size = max(end, 2 * len(self._map))
+                os.posix_fallocate(self._fd, 0, size)
+                self._map.resize(size)
+            self._map[self._end:end] = data
+            self._end = end
+
+    def close(self) -> None:
+        with self._lock:
+            m, self._map = self._map, None
+            if m is None:
+                return
+            m.close()
+            try:
+                os.ftruncate(self._fd, self._end)
+            finally:
+                os.close(self._fd)
+
+    def __del__(self) -> None:  # a context never closed must not leak the descriptor or the map
         try:
             self.close()
         except Exception:  # noqa: BLE001, S110 - nothing to do at interpreter teardown

@@ -17,7 +17,8 @@ from aether_prefect import NodeContext, aether_task
 from aether_prefect.blocks import AetherConfig
 from aether_prefect.services.journal import ENV_REPLAY_FROM
 from aether_prefect.services.journal._bind import binder
-from aether_prefect.services.journal._entry import Entry, entry_body, fingerprint, legacy_fingerprint, secret_needles
+from aether_prefect.services.journal._entry import (Entry, entry_body, fingerprint, is_older, legacy_fingerprint,
+                                                    older_fingerprints, secret_needles)
 from aether_prefect.services.journal._log import LOG_SUFFIX, entries_at
 from aether_prefect.services.llm import LLMService
 from aether_prefect.services.mcp import MCPClient
@@ -54,11 +55,14 @@ def test_fingerprint_is_stable_and_separates_requests() -> None:
                      "messages": [{"content": "é \"q\"", "role": "user"}]}, "model": "m", "kind": "chat"}
     assert fingerprint(request) == fingerprint(same)  # key order and set order do not matter
     assert fingerprint(request) != fingerprint({**request, "model": "n"})
-    assert fingerprint(request) == legacy_fingerprint(request)  # orjson writes json.dumps's text for most requests
-    tiny = {"kind": "chat", "args": {"kw": {"temperature": 1e-05}}}  # not for all (0.00001 vs 1e-05): lookups try both
-    assert fingerprint(tiny) != legacy_fingerprint(tiny)
-    odd = {"kind": "chat", "args": {1: "int key"}}  # orjson refuses: the legacy encoding stands in
-    assert fingerprint(odd) == legacy_fingerprint(odd)
+    assert len(fingerprint(request)) == 32 and not is_older(fingerprint(request))  # BLAKE2b-128
+    older = list(older_fingerprints(request))  # sha256 over orjson's text, then over json.dumps's
+    assert all(is_older(f) for f in older) and older[0] == older[1] == legacy_fingerprint(request)
+    tiny = {"kind": "chat", "args": {"kw": {"temperature": 1e-05}}}  # orjson's text differs (0.00001 vs 1e-05)
+    assert len(set(older_fingerprints(tiny))) == 2 and list(older_fingerprints(tiny))[1] == legacy_fingerprint(tiny)
+    odd = {"kind": "chat", "args": {1: "int key"}}  # orjson refuses: json.dumps's text stands in
+    assert list(older_fingerprints(odd)) == [legacy_fingerprint(odd)]
+    assert fingerprint(odd) != fingerprint({"kind": "chat", "args": {2: "int key"}})
 
 
 class _Model(BaseModel):
@@ -90,8 +94,9 @@ def test_entry_body_refuses_a_secret_in_any_spelling(secret: str) -> None:
         assert entry_body("mcp.call", 0, "f" * 64, {"text": secret}, needles=needles) is None
 
 
+@pytest.mark.parametrize("older", ["sha256 of json.dumps", "sha256 of orjson"])
 def test_entries_fingerprinted_the_older_way_still_replay(llm_server: FakeOpenAI, local_config: AetherConfig,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                          monkeypatch: pytest.MonkeyPatch, older: str) -> None:
     @aether_task(config=local_config.model_copy(update={"llm": {"default": llm_server.profile()}}))
     async def chain(*, context: NodeContext) -> list[str]:
         return [(await context.llm().chat(f"link {i}", temperature=1e-05))[0] for i in range(3)]
@@ -100,12 +105,14 @@ def test_entries_fingerprinted_the_older_way_still_replay(llm_server: FakeOpenAI
     async def pipeline() -> tuple[str, list[str]]:
         return str(runtime_flow_run.id), await chain()
 
-    with monkeypatch.context() as m:  # journal as the version before orjson did, on a request where the two differ
-        m.setattr(journal_pkg, "fingerprint", legacy_fingerprint)
+    with monkeypatch.context() as m:  # journal as the versions before did, on a request where their texts differ
+        m.setattr(journal_pkg, "fingerprint", legacy_fingerprint if older == "sha256 of json.dumps"
+                  else lambda request: next(older_fingerprints(request)))
         first_id, first = asyncio.run(pipeline())
     store = open_store(local_config.store)
     (log,) = [k for k in store.list_keys("journal/") if k.endswith(LOG_SUFFIX)]
     assert len({e.fingerprint for e in entries_at(store, log)}) == 3
+    assert all(is_older(e.fingerprint) for e in entries_at(store, log))
     monkeypatch.setenv(ENV_REPLAY_FROM, first_id)
     _, again = asyncio.run(pipeline())
     assert again == first and len(llm_server.requests) == 3  # all three replayed

@@ -407,7 +407,7 @@ class _SlowStore(LocalStore):
     """A store that cannot append (as S3) and whose puts take a while (a slow disk or bucket): entries go one
     object each through the background writer, and the attempt must wait for them."""
 
-    def open_log(self, key: str) -> None:  # type: ignore[override]
+    def open_log(self, key: str, *, reserve: int = 0) -> None:  # type: ignore[override]
         return None
 
     def put_small(self, key: str, data: bytes) -> None:

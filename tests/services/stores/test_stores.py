@@ -250,6 +250,30 @@ def test_open_log_appends_whole_records_on_a_local_store_only(store: ObjectStore
     assert list(store.list_keys("logs/")) == ["logs/new/folder/a.jlog"]
 
 
+def test_a_reserved_log_appends_through_a_map_and_is_trimmed_at_close(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path)
+    log = store.open_log("logs/m/a.jlog", reserve=4096)
+    assert log is not None
+    assert store.get_bytes("logs/m/a.jlog") == bytes(4096)  # allocated up front: zeros until appended
+    records = [bytes([65 + i]) * (1000 + 700 * i) for i in range(8)]  # 16,800 bytes: grows past the reserve twice
+    threads = [threading.Thread(target=log.append, args=(r,)) for r in records]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    blob = store.get_bytes("logs/m/a.jlog")  # visible at once (in the page cache), followed by zeros
+    written = sum(map(len, records))
+    assert len(blob) >= written and blob[written:] == bytes(len(blob) - written)
+    assert sorted(blob[i:i + 1] * n for i, n in _runs(blob[:written])) == sorted(records)  # whole, never interleaved
+    log.close()
+    log.close()
+    assert store.get_bytes("logs/m/a.jlog") == blob[:written]  # trimmed to what was appended
+    with pytest.raises(ValueError):
+        log.append(b"late")
+    with pytest.raises(FileExistsError):
+        store.open_log("logs/m/a.jlog", reserve=4096)
+
+
 def _runs(blob: bytes) -> list[tuple[int, int]]:
     """(start, length) of each run of one repeated byte."""
     out: list[tuple[int, int]] = []
