@@ -249,6 +249,22 @@ def cmd_store_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_store_sweep(args: argparse.Namespace) -> int:
+    """Remove temp objects and unfinished multipart uploads that interrupted writes left in the store."""
+    from aether_prefect.config import store_config
+    from aether_prefect.services.stores import open_store
+
+    if not args.older_than_hours >= 0:
+        print("error: --older-than-hours must be >= 0", file=sys.stderr)
+        return 2
+    _, config = asyncio.run(_load(args.name))
+    report = open_store(store_config(config)).sweep(args.older_than_hours * 3600, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {report.temp_objects} temp object(s) and {report.multipart_uploads} unfinished multipart "
+          f"upload(s) older than {args.older_than_hours:g} hours")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aether-prefect", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -275,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = store.add_parser("migrate", help="convert the artifact index to the partitioned layout (safe twice)")
     migrate.add_argument("name", nargs="?", default=None, help="saved AetherConfig name")
     migrate.set_defaults(fn=cmd_store_migrate)
+    sweep = store.add_parser("sweep", help="remove what interrupted writes left (temp objects, multipart uploads)")
+    sweep.add_argument("name", nargs="?", default=None, help="saved AetherConfig name")
+    sweep.add_argument("--older-than-hours", type=float, default=24.0,
+                       help="only leftovers older than this (default 24: a running upload is never touched)")
+    sweep.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    sweep.set_defaults(fn=cmd_store_sweep)
 
     server = sub.add_parser("server", help="a local Prefect server").add_subparsers(dest="sub", required=True)
     start = server.add_parser("start", help="start `prefect server start` on 127.0.0.1 in the background")

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from aether_prefect.errors import AetherError, StoreError
+from pydantic import BaseModel
+
+from aether_prefect.errors import AetherError, StoreError, ValidationError
 
 _KEY_PART = re.compile(r"^[A-Za-z0-9._=+@:,~-]+$")
 
@@ -42,6 +44,20 @@ def check_key(key: str) -> str:
                 "(no '..', no empty parts, no leading '/')"
             )
     return key
+
+
+class SweepReport(BaseModel):
+    """What :meth:`ObjectStore.sweep` removed (or would remove, on a dry run)."""
+
+    temp_objects: int = 0
+    multipart_uploads: int = 0
+
+
+def check_age(older_than_s: float) -> float:
+    """A sweep's age limit: a number of seconds >= 0."""
+    if isinstance(older_than_s, bool) or not isinstance(older_than_s, (int, float)) or not older_than_s >= 0:
+        raise ValidationError(f"older_than_s must be a number of seconds >= 0, got {older_than_s!r}")
+    return float(older_than_s)
 
 
 class ObjectStore(ABC):
@@ -175,6 +191,15 @@ class ObjectStore(ABC):
 
         Example: ``list(context.store().list_keys("notes/"))  # ["notes/a.txt"]``
         """
+
+    def sweep(self, older_than_s: float, *, dry_run: bool = False) -> SweepReport:
+        """Remove what interrupted writes left behind (temp objects, unfinished multipart uploads) older than
+        ``older_than_s``; never a stored object. Stores without such leftovers remove nothing.
+
+        Example: ``context.store().sweep(86400)  # SweepReport(temp_objects=2, multipart_uploads=1)``
+        """
+        check_age(older_than_s)
+        return SweepReport()
 
     def close(self) -> None:
         """Release clients; the store may be used again afterwards (clients are rebuilt lazily).

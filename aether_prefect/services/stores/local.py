@@ -9,10 +9,13 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from aether_prefect.services.stores.base import AppendLog, HashingReader, InvalidKey, ObjectNotFound, ObjectStore, check_key
+from aether_prefect.services.stores.base import (
+    AppendLog, HashingReader, InvalidKey, ObjectNotFound, ObjectStore, SweepReport, check_age, check_key,
+)
 
 _CHUNK = 1024 * 1024
 _small = itertools.count()  # temp names of put_small: unique with the pid and thread id
@@ -228,6 +231,27 @@ class LocalStore(ObjectStore):
 
     def delete(self, key: str) -> None:
         _unlink(str(self._path(key)))
+
+    def sweep(self, older_than_s: float, *, dry_run: bool = False) -> SweepReport:
+        """Delete temp files under ``<root>/.tmp`` older than ``older_than_s`` (left by a writer killed mid-write).
+
+        Example: ``LocalStore("/data").sweep(86400)  # SweepReport(temp_objects=1, multipart_uploads=0)``
+        """
+        cutoff = time.time() - check_age(older_than_s)
+        n = 0
+        try:
+            entries = list(os.scandir(self._tmp))
+        except FileNotFoundError:
+            return SweepReport()
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    if not dry_run:
+                        os.unlink(entry.path)
+                    n += 1
+            except FileNotFoundError:
+                continue  # its writer finished (or another sweep took it) meanwhile
+        return SweepReport(temp_objects=n)
 
     def list_keys(self, prefix: str, *, start_after: str | None = None) -> Iterator[str]:
         """Lazily, in ascending key order: each folder is read only when the walk reaches it.
