@@ -13,22 +13,27 @@ from __future__ import annotations
 import contextvars
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+import itertools
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from aether_prefect.services.journal._bind import binder
+from aether_prefect.services.journal._bind import Binder, binder
 from aether_prefect.services.journal._entry import Entry, entry_body, fingerprint, older_fingerprints
 from aether_prefect.services.journal._journal import ENV_REPLAY_FROM, PREFIX, RETENTION_S, Journal, journal_of
 from aether_prefect.services.journal._prune import prune
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
-#: True inside a live journaled call: a call it makes itself (embed delegated to ``embed_profile``) is part of
-#: the outer call's entry, so it takes no position and is not journaled on its own.
-_inside: contextvars.ContextVar[bool] = contextvars.ContextVar("aether_journaled_call", default=False)
+#: The usage sink of the live journaled call this code runs inside (None outside one). A call made inside it
+#: (embed delegated to ``embed_profile``) is part of the outer call's entry, so it takes no position and is not
+#: journaled on its own; the LLM usage tracker appends every request it accounts here as
+#: ``(profile, model, prompt, completion, total)``, the usage the entry keeps.
+call_usage: contextvars.ContextVar["list[tuple[str, str, int, int, int]] | None"] = contextvars.ContextVar(
+    "aether_journaled_call", default=None)
 
-#: The journaled methods and what their fingerprint leaves out (callbacks, per-attempt headers).
-_IGNORED = {"chat": {"self"}, "chat_stream": {"self", "on_delta"}, "embed": {"self"}, "raw": {"self", "headers"},
-            "mcp.call": {"self"}}
+#: The journaled methods and what their fingerprint leaves out (callbacks, per-attempt headers): keyword-only
+#: parameters, so positional arguments never hold one.
+_IGNORED = {"chat": {"on_delta"}, "chat_stream": {"on_delta"}, "embed": set(), "raw": {"headers"},
+            "mcp.call": set()}
 
 
 def journaled(kind: str) -> Callable[[F], F]:
@@ -39,27 +44,51 @@ def journaled(kind: str) -> Callable[[F], F]:
     """
     if kind not in _IGNORED:
         raise ValueError(f"unknown journaled kind {kind!r}; one of {', '.join(_IGNORED)}")
+    ignored = frozenset(_IGNORED[kind])
 
     def deco(fn: F) -> F:
-        bind = binder(inspect.signature(fn))
+        sig = inspect.signature(fn)
+        bind = binder(sig)
+        if any(sig.parameters[n].kind is not inspect.Parameter.KEYWORD_ONLY for n in ignored & sig.parameters.keys()):
+            raise TypeError(f"{fn.__qualname__}: {sorted(ignored)} must be keyword-only to stay out of fingerprints")
 
         @functools.wraps(fn)
         async def wrapper(svc: Any, *args: Any, durable: bool | None = None, **kwargs: Any) -> Any:
-            journal = None if _inside.get() else _journal_for(svc, kind, durable)
+            journal = None if call_usage.get() is not None else _journal_for(svc, kind, durable)
             if journal is None:
                 return await fn(svc, *args, **kwargs)
             position = journal.claim()
-            arguments = bind(svc, args, kwargs)
-            if arguments is None:
-                return await fn(svc, *args, **kwargs)  # arguments the method rejects: it raises its own clear error
-            request = _request(kind, svc, arguments)
-            fp = fingerprint(request)
-            entry = await journal.lookup(
-                position, fp, lambda: f"{kind} {request.get('tool') or request.get('model') or ''}".strip(),
-                lambda: older_fingerprints(request)) if journal.expects(position) else None
-            if entry is not None:
-                return await _replay(kind, svc, entry, arguments)
-            return await _live(kind, svc, fn, journal, position, fp, args, kwargs)
+            fp = _fingerprint(kind, svc, args, kwargs if ignored.isdisjoint(kwargs) else
+                              {k: v for k, v in kwargs.items() if k not in ignored})
+            if journal.expects(position):
+                entry = await journal.lookup(position, fp, lambda: _what(kind, svc, args, kwargs),
+                                             lambda: _older(kind, svc, bind, args, kwargs))
+                if entry is not None:
+                    return await _replay(kind, svc, entry, kwargs)
+            # Live: make the call, then record it, only once it succeeded (inline, not a coroutine of its own: this
+            # runs on every live call). An LLM call also keeps the usage of every request it accounted and its new
+            # ``last_response``.
+            pieces: list[str] | None = None
+            if kind == "chat_stream":
+                pieces = []
+                kwargs = {**kwargs, "on_delta": _capturing(kwargs.get("on_delta"), pieces)}
+            needles = journal.needles(svc, lambda: _secrets(svc))
+            sink: list[tuple[str, str, int, int, int]] = []
+            before = None if kind == "mcp.call" else svc.last_response
+            token = call_usage.set(sink)
+            try:
+                result = await fn(svc, *args, **kwargs)
+            finally:
+                call_usage.reset(token)
+            if kind == "mcp.call":
+                data = entry_body(kind, position, fp, result, needles=needles)
+            else:
+                reply = svc.last_response
+                data = entry_body(kind, position, fp, result, usage=sink, pieces=pieces,
+                                  last_response=reply if reply is not before else None, needles=needles)
+            if not journal.append_now(kind, position, data):  # once the attempt's log is open: no await
+                await journal.record(kind, position, data)
+            return result
 
         return wrapper  # type: ignore[return-value]
 
@@ -84,55 +113,47 @@ def _journal_for(svc: Any, kind: str, durable: bool | None) -> Journal | None:
     return journal if journal.active else None
 
 
+def _fingerprint(kind: str, svc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The call's fingerprint: method, target (server, or provider, base URL and the profile's model) and the
+    caller's arguments as given (``kwargs`` without the ignored ones); only its hash is stored, never the request.
+
+    The arguments are not bound to the signature first (that cost as much as the hash on every live call): a
+    retry makes the same call the same way, and a call written another way (a keyword for a positional, a
+    default spelled out) only goes live. Entries written before fingerprinted the bound request (:func:`_older`).
+    """
+    if kind == "mcp.call":
+        return fingerprint([kind, svc.name, svc.server.transport, args, kwargs])
+    model = svc.profile.embed_model if kind == "embed" else svc.profile.model
+    return fingerprint([kind, svc.provider, svc.base_url, model, args, kwargs])
+
+
 def _request(kind: str, svc: Any, arguments: dict[str, Any]) -> dict[str, Any]:
-    """What identifies the call (hashed, never stored): method, target, model and the caller's arguments."""
-    args = {k: v for k, v in arguments.items() if k not in _IGNORED[kind]}
+    """What entries written before fingerprinted: method, target, model and the caller's arguments, bound to
+    the method's signature with defaults filled in (and ``self`` and the ignored ones left out)."""
+    args = {k: v for k, v in arguments.items() if k != "self" and k not in _IGNORED[kind]}
     if kind == "mcp.call":
         return {"kind": kind, "server": svc.name, "transport": svc.server.transport, **args}
     model = args.pop("model", None) or (svc.profile.embed_model if kind == "embed" else svc.profile.model)
     return {"kind": kind, "provider": svc.provider, "base_url": svc.base_url, "model": model, "args": args}
 
 
-async def _live(kind: str, svc: Any, fn: Callable[..., Awaitable[Any]], journal: Journal, position: int, fp: str,
-                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Make the call, then record it (only once it succeeded). An LLM call also keeps the usage of every request
-    it accounted (``call_usage``) and its new ``last_response``."""
-    pieces: list[str] | None = None
-    if kind == "chat_stream":
-        pieces = []
-        kwargs = {**kwargs, "on_delta": _capturing(kwargs.get("on_delta"), pieces)}
-    needles = journal.needles(svc, lambda: _secrets(svc))
-    inside = _inside.set(True)
-    try:
-        if kind == "mcp.call":
-            result = await fn(svc, *args, **kwargs)
-            data = entry_body(kind, position, fp, result, needles=needles)
-        else:
-            call_usage = _call_usage()
-            sink: list[tuple[str, str, Any]] = []
-            before = svc.last_response
-            token = call_usage.set(sink)
-            try:
-                result = await fn(svc, *args, **kwargs)
-            finally:
-                call_usage.reset(token)
-            reply = svc.last_response if svc.last_response is not before else None
-            usage = [(p, m, u.prompt_tokens, u.completion_tokens, u.total_tokens) for p, m, u in sink]
-            data = entry_body(kind, position, fp, result, usage=usage, pieces=pieces, last_response=reply,
-                              needles=needles)
-    finally:
-        _inside.reset(inside)
-    if not journal.append_now(kind, position, data):  # once the attempt's log is open: no await
-        await journal.record(kind, position, data)
-    return result
+def _older(kind: str, svc: Any, bind: Binder, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterable[str]:
+    """The fingerprints entries written before would carry for this call (computed only when a recorded entry
+    does not match :func:`_fingerprint`): BLAKE2b, then sha256, of the bound request (:func:`_request`)."""
+    arguments = bind(svc, args, kwargs)
+    if arguments is None:
+        return ()
+    request = _request(kind, svc, arguments)
+    return itertools.chain((fingerprint(request),), older_fingerprints(request))
 
 
-@functools.cache
-def _call_usage() -> "contextvars.ContextVar[Any]":
-    """The LLM service's per-call usage sink (imported on first use: the LLM service imports this module)."""
-    from aether_prefect.services.llm._usage import call_usage
-
-    return call_usage
+def _what(kind: str, svc: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The call as a log line names it: kind and tool or model."""
+    if kind == "mcp.call":
+        target = kwargs.get("tool") or (args[0] if args else "")
+    else:
+        target = kwargs.get("model") or (svc.profile.embed_model if kind == "embed" else svc.profile.model)
+    return f"{kind} {target or ''}".strip()
 
 
 def _capturing(on_delta: Any, pieces: list[str]) -> Callable[[str], Awaitable[None]]:
@@ -147,7 +168,7 @@ def _capturing(on_delta: Any, pieces: list[str]) -> Callable[[str], Awaitable[No
     return capture
 
 
-async def _replay(kind: str, svc: Any, entry: Entry, arguments: dict[str, Any]) -> Any:
+async def _replay(kind: str, svc: Any, entry: Entry, kwargs: dict[str, Any]) -> Any:
     """The recorded result, with no request: pieces through ``on_delta``, the reply in ``last_response``,
     usage counted as replayed (zero tokens spent)."""
     if kind == "mcp.call":
@@ -161,7 +182,7 @@ async def _replay(kind: str, svc: Any, entry: Entry, arguments: dict[str, Any]) 
                                                     total_tokens=total))
     if entry.last_response is not None:
         svc.last_response = entry.last_response
-    on_delta = arguments.get("on_delta")
+    on_delta = kwargs.get("on_delta")  # keyword-only
     if kind == "chat_stream" and on_delta is not None:
         for piece in entry.pieces or []:
             await maybe_await(on_delta(piece))

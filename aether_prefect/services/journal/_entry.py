@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 VERSION = 2
 
 
-def fingerprint(request: dict[str, Any]) -> str:
+def fingerprint(request: Any) -> str:
     """BLAKE2b-128 (32 hex digits) of the request's canonical JSON (orjson, keys sorted): only a hash is stored,
     never the request (nor a secret in it). A request orjson does not take (a non-string key, a huge int) is
     canonicalized by ``json.dumps`` instead. BLAKE2b is CPython's own code: on a live call it costs about half of
@@ -34,16 +34,10 @@ def fingerprint(request: dict[str, Any]) -> str:
     return hashlib.blake2b(canon, digest_size=16).hexdigest()
 
 
-def is_older(fingerprint: str) -> bool:
-    """Whether an entry's ``fingerprint`` is of the sha256 kind (64 hex digits) that entries written before
-    :func:`fingerprint` used BLAKE2b carry."""
-    return len(fingerprint) == 64
-
-
 def older_fingerprints(request: dict[str, Any]) -> Iterator[str]:
     """The sha256 fingerprints entries written before carry for ``request``, newest kind first: over orjson's
     canonical JSON, then over ``json.dumps``'s (:func:`legacy_fingerprint`). Computed only when a lookup finds an
-    entry of that kind (see :func:`is_older`), never on a live call."""
+    entry that does not match the current fingerprint, never on a live call."""
     try:
         yield hashlib.sha256(orjson.dumps(request, option=orjson.OPT_SORT_KEYS, default=_opaque)).hexdigest()
     except TypeError:

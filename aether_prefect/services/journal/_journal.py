@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from aether_prefect._prefect import DurableIdentity, durable_identity
-from aether_prefect.services.journal._entry import Entry, is_older, object_bytes, secret_needles
+from aether_prefect.services.journal._entry import Entry, object_bytes, secret_needles
 from aether_prefect.services.journal._log import entries_at, entry_key, frame, log_name
 from aether_prefect.services.stores.base import ObjectNotFound
 
@@ -203,8 +203,8 @@ class Journal:
     async def lookup(self, position: int, fingerprint: str, what: Callable[[], str],
                      older: Callable[[], Iterable[str]]) -> Entry | None:
         """The recorded entry to replay at ``position``, or None (go live). The entry's fingerprint must be
-        ``fingerprint`` or, for an entry written before with a sha256 fingerprint, one of ``older()`` (computed only
-        then). A mismatch ends replay, logged once (``what()`` names the call in that line)."""
+        ``fingerprint`` or (an entry written before) one of ``older()``, computed only when it is not the first. A
+        mismatch ends replay, logged once (``what()`` names the call in that line)."""
         if not self._replaying:
             return None
         entries = self._entries
@@ -217,8 +217,7 @@ class Journal:
         entry = entries.pop(position, None)  # each position is looked up once per attempt: free it
         if entry is None:
             return None
-        if entry.fingerprint != fingerprint and not (is_older(entry.fingerprint)
-                                                     and any(entry.fingerprint == f for f in older())):
+        if entry.fingerprint != fingerprint and entry.fingerprint not in older():
             with self._lock:
                 first, self._replaying = self._replaying, False
             if first:

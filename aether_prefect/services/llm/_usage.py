@@ -7,13 +7,14 @@ read back from the Prefect API) into one table keyed ``llm-usage-<flow name>``.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
+
+from aether_prefect.services.journal import call_usage
 
 if TYPE_CHECKING:
     from aether_prefect.context import NodeContext
@@ -26,9 +27,6 @@ TASK_MARK = "llm-usage-task"
 FLOW_MARK = "llm-usage-flow"
 COLUMNS = ["profile", "model", "calls", "prompt_tokens", "completion_tokens", "total_tokens", "replayed",
            "tokens_saved"]
-#: Hook for the call journal: while set, every recorded call's (profile, model, usage) is appended to the list.
-call_usage: contextvars.ContextVar["list[tuple[str, str, Usage]] | None"] = contextvars.ContextVar(
-    "aether_llm_call_usage", default=None)
 
 
 class Usage(BaseModel):
@@ -139,9 +137,9 @@ class UsageTracker:
         row[1] += usage.prompt_tokens
         row[2] += usage.completion_tokens
         row[3] += usage.total_tokens
-        sink = call_usage.get()
+        sink = call_usage.get()  # inside a journaled call: its entry keeps the usage
         if sink is not None:
-            sink.append((profile, model, usage))
+            sink.append((profile, model, usage.prompt_tokens, usage.completion_tokens, usage.total_tokens))
 
     def record_replayed(self, profile: str, model: str, saved: Usage) -> None:
         """Count one call replayed from the journal: no tokens spent, ``saved`` tokens not paid again."""

@@ -17,7 +17,7 @@ from aether_prefect import NodeContext, aether_task
 from aether_prefect.blocks import AetherConfig
 from aether_prefect.services.journal import ENV_REPLAY_FROM
 from aether_prefect.services.journal._bind import binder
-from aether_prefect.services.journal._entry import (Entry, entry_body, fingerprint, is_older, legacy_fingerprint,
+from aether_prefect.services.journal._entry import (Entry, entry_body, fingerprint, legacy_fingerprint,
                                                     older_fingerprints, secret_needles)
 from aether_prefect.services.journal._log import LOG_SUFFIX, entries_at
 from aether_prefect.services.llm import LLMService
@@ -55,9 +55,9 @@ def test_fingerprint_is_stable_and_separates_requests() -> None:
                      "messages": [{"content": "é \"q\"", "role": "user"}]}, "model": "m", "kind": "chat"}
     assert fingerprint(request) == fingerprint(same)  # key order and set order do not matter
     assert fingerprint(request) != fingerprint({**request, "model": "n"})
-    assert len(fingerprint(request)) == 32 and not is_older(fingerprint(request))  # BLAKE2b-128
+    assert len(fingerprint(request)) == 32  # BLAKE2b-128
     older = list(older_fingerprints(request))  # sha256 over orjson's text, then over json.dumps's
-    assert all(is_older(f) for f in older) and older[0] == older[1] == legacy_fingerprint(request)
+    assert all(len(f) == 64 for f in older) and older[0] == older[1] == legacy_fingerprint(request)
     tiny = {"kind": "chat", "args": {"kw": {"temperature": 1e-05}}}  # orjson's text differs (0.00001 vs 1e-05)
     assert len(set(older_fingerprints(tiny))) == 2 and list(older_fingerprints(tiny))[1] == legacy_fingerprint(tiny)
     odd = {"kind": "chat", "args": {1: "int key"}}  # orjson refuses: json.dumps's text stands in
@@ -94,7 +94,11 @@ def test_entry_body_refuses_a_secret_in_any_spelling(secret: str) -> None:
         assert entry_body("mcp.call", 0, "f" * 64, {"text": secret}, needles=needles) is None
 
 
-@pytest.mark.parametrize("older", ["sha256 of json.dumps", "sha256 of orjson"])
+_OLDER_WRITERS = {"sha256 of json.dumps": legacy_fingerprint, "sha256 of orjson": lambda r: next(older_fingerprints(r)),
+                  "BLAKE2b of the bound request": fingerprint}
+
+
+@pytest.mark.parametrize("older", list(_OLDER_WRITERS))
 def test_entries_fingerprinted_the_older_way_still_replay(llm_server: FakeOpenAI, local_config: AetherConfig,
                                                           monkeypatch: pytest.MonkeyPatch, older: str) -> None:
     @aether_task(config=local_config.model_copy(update={"llm": {"default": llm_server.profile()}}))
@@ -106,13 +110,13 @@ def test_entries_fingerprinted_the_older_way_still_replay(llm_server: FakeOpenAI
         return str(runtime_flow_run.id), await chain()
 
     with monkeypatch.context() as m:  # journal as the versions before did, on a request where their texts differ
-        m.setattr(journal_pkg, "fingerprint", legacy_fingerprint if older == "sha256 of json.dumps"
-                  else lambda request: next(older_fingerprints(request)))
+        bind = binder(inspect.signature(LLMService.chat.__wrapped__))
+        m.setattr(journal_pkg, "_fingerprint", lambda kind, svc, args, kwargs: _OLDER_WRITERS[older](
+            journal_pkg._request(kind, svc, bind(svc, args, kwargs))))
         first_id, first = asyncio.run(pipeline())
     store = open_store(local_config.store)
     (log,) = [k for k in store.list_keys("journal/") if k.endswith(LOG_SUFFIX)]
     assert len({e.fingerprint for e in entries_at(store, log)}) == 3
-    assert all(is_older(e.fingerprint) for e in entries_at(store, log))
     monkeypatch.setenv(ENV_REPLAY_FROM, first_id)
     _, again = asyncio.run(pipeline())
     assert again == first and len(llm_server.requests) == 3  # all three replayed
