@@ -376,6 +376,42 @@ async def test_a_save_failing_at_any_put_leaves_nothing_half_written(config: Aet
     assert {r.prefect_artifact_id for r in retried} <= in_run
 
 
+async def test_a_save_writes_blob_pointer_and_markers_at_once_then_its_add_event(
+        s3_store_block: AetherObjectStore) -> None:
+    """On S3 the writes before the commit point go at once (the first three PUTs each wait until all three are in
+    flight: written one after the other, the save would fail), and the add event starts once they have all landed."""
+    import threading
+
+    from aether_prefect.services.artifacts._parts import RUNS, PartitionedIndex
+
+    store = open_store(s3_store_block)
+    together = threading.Barrier(3, timeout=10)
+    lock = threading.Lock()
+    state = {"entered": 0, "in_flight": 0, "at_add": -1}
+
+    class AtOnce(type(store)):  # type: ignore[misc]
+        def put_bytes(self, key: str, data: bytes, **kw: Any) -> None:
+            with lock:
+                if key.startswith(f"{RUNS}/"):
+                    state["at_add"] = state["in_flight"]
+                state["entered"] += 1
+                state["in_flight"] += 1
+                first = state["entered"] <= 3
+            try:
+                if first:
+                    together.wait()
+                super().put_bytes(key, data, **kw)
+            finally:
+                with lock:
+                    state["in_flight"] -= 1
+
+    store.__class__ = AtOnce
+    async with open_session(store=store) as ctx:
+        art = await ctx.artifacts().save_text("at once", labels={"shard": 1})
+    assert state["entered"] >= 4 and state["at_add"] == 0  # nothing else was being written when the add event went
+    assert PartitionedIndex(store).get(art.artifact_id) is not None
+
+
 def test_sync_task_uses_sync_view(config: AetherConfig) -> None:
     @aether_task(config=config)
     def work(*, context: NodeContext) -> tuple[str, str]:
