@@ -16,41 +16,36 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from aether_prefect.services.artifacts._index import REC, SNAP, ArtifactIndex, index_for
+from aether_prefect.services.artifacts._index import ArtifactIndex, index_for
 from aether_prefect.services.artifacts._parts import (
-    FACETS_COMPLETE, IDS, PINS, RUNS, V2, PartitionedIndex, _dumps, facet_markers, part_of,
-    parts_for,
+    FACETS_COMPLETE, IDS, MIGRATED, PINS, RUNS, PartitionedIndex, _dumps, facet_markers, part_of, parts_for,
 )
 from aether_prefect.services.stores.base import ObjectStore
 
-MARKER = f"{V2}/migrated.json"
+MARKER = MIGRATED
 
 _absent: "weakref.WeakKeyDictionary[ObjectStore, bool]" = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
 
 
-def _has_legacy(store: ObjectStore) -> bool:
-    for prefix in (f"{REC}/", f"{SNAP}/"):
-        for _ in store.list_keys(prefix):
-            return True
-    return False
-
-
 def legacy_index(store: ObjectStore) -> ArtifactIndex | None:
     """The old whole-store index of ``store``, refreshed, if it holds events not yet migrated; else None.
 
-    Checked once per process (one LIST); a store found without old events is not checked again.
+    Checked once per process: one GET of the migration marker (written on a store's first save when the old layout
+    is empty, and by ``migrate``), else a LIST of each old folder; a store found without old events is not checked
+    again.
     """
     with _lock:
         if _absent.get(store):
             return None
-    if store.exists(MARKER) or not _has_legacy(store):
+    index = parts_for(store)
+    if index.layout(recheck=True) is not None or not index._has_legacy():
         with _lock:
             _absent[store] = True
         return None
-    index = index_for(store)
-    index.refresh()
-    return index
+    old = index_for(store)
+    old.refresh()
+    return old
 
 
 class MigrationReport(BaseModel):
@@ -93,9 +88,9 @@ def migrate(store: ObjectStore) -> MigrationReport:
     for marker in sorted(markers):
         store.put_bytes(marker, b"")
     store.put_bytes(FACETS_COMPLETE, _dumps({"since": "migrate"}), content_type="application/json")
-    parts_for(store).forget_facets()  # this process's index checks the mark again
-    store.put_bytes(MARKER, _dumps({"records": records, "prefect_links": prefect_links, "pins": pins}),
+    store.put_bytes(MARKER, _dumps({"records": records, "prefect_links": prefect_links, "pins": pins, "facets": True}),
                     content_type="application/json")
+    parts_for(store).forget_facets()  # this process's index reads the marks again
     with _lock:
         _absent[store] = True
     return MigrationReport(records=records, prefect_links=prefect_links, pins=pins, already_migrated=already,

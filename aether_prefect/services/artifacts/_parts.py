@@ -46,7 +46,7 @@ import orjson
 from pydantic import ValidationError as PydanticValidationError
 
 from aether_prefect.services.artifacts._graphseg import Block, GraphSegment, Row, build, fingerprint
-from aether_prefect.services.artifacts._index import ROOT, Artifact, IndexEvent
+from aether_prefect.services.artifacts._index import REC, ROOT, SNAP, Artifact, IndexEvent
 from aether_prefect.services.artifacts._query import Filter, Hit
 from aether_prefect.services.stores._per_store import PerStore
 from aether_prefect.services.stores.base import ObjectNotFound, ObjectStore
@@ -60,6 +60,10 @@ GSEGS = f"{V2}/gseg"
 FACETS = f"{V2}/facet"
 #: Present when every record of the store has its facet markers.
 FACETS_COMPLETE = f"{V2}/facets.json"
+#: Present when the store holds no record of the old whole-store layout, or every one was copied (``store migrate``):
+#: written on a store's first save when the old layout is empty, so a fresh reader pays one GET instead of a LIST of
+#: each old folder. Its JSON says what else holds for the whole store (``facets``: see FACETS_COMPLETE).
+MIGRATED = f"{V2}/migrated.json"
 #: Events fetched one by one in a partition before the reader writes a segment of it.
 SEGMENT_AFTER = 32
 #: A graph query writes a new graph segment when at least this many of the graph's runs (holding at least
@@ -68,6 +72,7 @@ GRAPH_SEGMENT_RUNS = 8
 GRAPH_SEGMENT_EVENTS = 256
 _SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
 _POOL = 16
+_UNREAD: Any = {"unread": True}  # a layout not read yet (a sentinel: None means the marker is absent)
 
 Part = tuple[str, str]  # (graph part, run part) as they appear in keys
 #: A filter on an add event's raw record (parsed JSON), applied before validation.
@@ -243,6 +248,7 @@ class PartitionedIndex:
         self._parts: dict[Part, _Partition] = {}
         self._marked: set[str] = set()  # facet markers this process wrote (or saw written)
         self._complete: bool | None = None  # FACETS_COMPLETE seen (None: not checked yet)
+        self._layout: dict[str, Any] | None = _UNREAD  # the migration marker's JSON (None: absent)
         self._gsegs: dict[str, GraphSegment] = {}  # graph part -> the graph segment last read or written
         # Threads only pay off where each request waits on a network; a local directory answers in microseconds.
         self._parallel = getattr(store, "scheme", "") != "file"
@@ -269,7 +275,7 @@ class PartitionedIndex:
         jobs: list[Callable[[], Any]] = [*also, lambda: self._store.put_bytes(pointer, key.encode())]
         jobs += [functools.partial(self._store.put_bytes, k, b"") for k in todo]
         if first:
-            jobs.append(self._check_complete)
+            jobs.append(self._first_save)
         self._map(lambda job: job(), jobs, small=1)
         if todo:
             with self._lock:
@@ -289,9 +295,11 @@ class PartitionedIndex:
                 p._apply(key, raw)
 
     def forget_facets(self) -> None:
-        """Check again whether the store's facet markers are complete (after ``store migrate`` wrote them)."""
+        """Check again whether the store's facet markers are complete and whether it is migrated (after ``store
+        migrate`` wrote its markers)."""
         with self._lock:
             self._complete = None
+            self._layout = _UNREAD
 
     def _check_complete(self) -> bool:
         """Whether the store's records all have facet markers; an empty store is marked so on its first save."""
@@ -305,6 +313,36 @@ class PartitionedIndex:
         with self._lock:
             self._complete = done
         return done
+
+    def _first_save(self) -> None:
+        """On this process's first save to the store: the facet check, and the migration marker if the store has no
+        old-layout record (then no fresh reader of this store lists the old layout's folders again)."""
+        layout = self.layout()
+        if layout is not None and layout.get("facets") is True:
+            with self._lock:
+                self._complete = True
+            return
+        facets = self._check_complete()
+        if layout is None and not self._has_legacy():
+            body = {"since": "first save", "facets": facets}
+            self._store.put_bytes(MIGRATED, _dumps(body), content_type="application/json")
+            with self._lock:
+                self._layout = body
+
+    def _has_legacy(self) -> bool:
+        """Whether the old whole-store layout holds any object (a LIST of each of its folders)."""
+        return any(next(iter(self._store.list_keys(f"{prefix}/")), None) is not None for prefix in (REC, SNAP))
+
+    def layout(self, recheck: bool = False) -> dict[str, Any] | None:
+        """The migration marker's JSON (None: absent, so the old layout may hold records); read once per process
+        while present, and again when absent if ``recheck``."""
+        with self._lock:
+            if self._layout is not _UNREAD and not (recheck and self._layout is None):
+                return self._layout
+        raw = self._get_json(MIGRATED)
+        with self._lock:
+            self._layout = raw
+        return raw
 
     def write_prefect(self, add_key: str, artifact_id: str, prefect_artifact_id: str) -> None:
         """Link the add event ``add_key`` to its Prefect artifact (an event in the same partition)."""
@@ -610,4 +648,4 @@ class PartitionedIndex:
 parts_for: PerStore[PartitionedIndex] = PerStore(PartitionedIndex)
 
 
-__all__ = ["FACETS", "FACETS_COMPLETE", "GSEGS", "IDS", "PINS", "RUNS", "SEGS", "V2", "facet_markers", "kind_prefix", "label_prefix", "PartitionedIndex", "enc", "part_of", "parts_for"]
+__all__ = ["FACETS", "FACETS_COMPLETE", "GSEGS", "IDS", "MIGRATED", "PINS", "RUNS", "SEGS", "V2", "facet_markers", "kind_prefix", "label_prefix", "PartitionedIndex", "enc", "part_of", "parts_for"]

@@ -75,6 +75,16 @@ def test_queries_read_only_their_partitions(store: ObjectStore) -> None:
     assert point.get("0" * 64) is None
 
 
+def test_first_save_marks_a_store_without_old_layout_migrated(store: ObjectStore) -> None:
+    """A fresh reader of a store saved by this layout GETs one marker instead of listing the old layout's folders."""
+    _fill(store)
+    assert store.exists(MARKER)
+    counting = CountingStore(store)
+    assert _migrate.legacy_index(counting) is None  # type: ignore[arg-type]
+    assert (counting.lists, counting.reads) == ([], [MARKER])
+    assert _migrate.legacy_index(counting) is None and counting.reads == [MARKER], "checked once per process"
+
+
 def test_segments_cut_reads_and_miss_nothing(tmp_path: Path) -> None:
     store = LocalStore(tmp_path, "p")
     writer = PartitionedIndex(store)
@@ -154,6 +164,7 @@ async def test_old_layout_reads_then_migrates_twice_losing_nothing(config_local:
         old.write(IndexEvent(op="prefect", artifact_id=recs[1].artifact_id, ref=keys[1], prefect_artifact_id="pa-1", at=now))
         old.write(IndexEvent(op="add", artifact_id=recs[2].artifact_id, record=_rec(2, "other", "r5", at=now), at=now))
         new = await ctx.artifacts().save_text("new layout", kind="model", metrics={"m": 9})
+        assert not store.exists(MARKER), "a store holding old records is not marked migrated by a save"
 
         def snapshot(hits: list[Artifact]) -> list[tuple[str, bool, str | None, str | None]]:
             return sorted((h.artifact_id, h.pinned, h.prefect_artifact_id, h.run_id) for h in hits)
