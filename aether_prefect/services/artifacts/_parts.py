@@ -302,32 +302,34 @@ class PartitionedIndex:
             self._layout = _UNREAD
 
     def _check_complete(self) -> bool:
-        """Whether the store's records all have facet markers; an empty store is marked so on its first save."""
+        """Whether the store's records all have facet markers (the migration marker or FACETS_COMPLETE says so); an
+        empty store is marked so on its first save."""
         with self._lock:
             if self._complete is not None:
                 return self._complete
-        done = self._store.exists(FACETS_COMPLETE)
-        if not done and next(iter(self._store.list_keys(f"{RUNS}/")), None) is None:
+        layout = self.layout()
+        done = (layout is not None and layout.get("facets") is True) or self._store.exists(FACETS_COMPLETE)
+        if not done and self._runs_empty():
             self._store.put_bytes(FACETS_COMPLETE, _dumps({"since": "first save"}), content_type="application/json")
             done = True
         with self._lock:
             self._complete = done
         return done
 
+    def _runs_empty(self) -> bool:
+        return next(iter(self._store.list_keys(f"{RUNS}/")), None) is None
+
     def _first_save(self) -> None:
-        """On this process's first save to the store: the facet check, and the migration marker if the store has no
-        old-layout record (then no fresh reader of this store lists the old layout's folders again)."""
-        layout = self.layout()
-        if layout is not None and layout.get("facets") is True:
-            with self._lock:
-                self._complete = True
-            return
-        facets = self._check_complete()
-        if layout is None and not self._has_legacy():
+        """On this process's first save to the store: if the store has no migration marker and no old-layout
+        record, write the marker (then no fresh reader lists the old layout's folders again), saying whether the
+        facet markers are complete; else the facet check. One PUT on a new store, as the facet mark was before."""
+        if self.layout() is None and not self._has_legacy():
+            facets = self._store.exists(FACETS_COMPLETE) or self._runs_empty()
             body = {"since": "first save", "facets": facets}
             self._store.put_bytes(MIGRATED, _dumps(body), content_type="application/json")
             with self._lock:
                 self._layout = body
+        self._check_complete()
 
     def _has_legacy(self) -> bool:
         """Whether the old whole-store layout holds any object (a LIST of each of its folders)."""
