@@ -19,10 +19,11 @@ the prefix, and a query lists and reads only the partitions it needs:
   and reads only the runs that match. ``artifacts/index/v2/facets.json`` says every record of the store has
   its markers (written on a store's first save, or by ``aether-prefect store migrate``); without it such a
   query reads every partition, as before.
-- ``artifacts/index/v2/seg/g=<graph>/r=<run>/<count>-<uuid>.json``: a segment, the events of a run partition
-  known to a reader that had to fetch many of them one by one. It names its keys, so a reader lists the
-  partition's keys (cheap), takes the biggest segment and fetches only the keys it lacks; writer clocks do not
-  matter. Segments are an optimisation: the events stay authoritative.
+- ``artifacts/index/v2/run/g=<graph>/r=<run>/seg-<count>-<uuid>.json``: a segment, the events of a run partition
+  known to a reader that had to fetch many of them one by one. It lives in the run's folder, so the one LIST of
+  the partition returns its events and its segments; it names its keys, so a reader takes the biggest segment and
+  fetches only the keys it lacks; writer clocks do not matter. Segments are an optimisation: the events stay
+  authoritative (segments that older versions wrote under ``v2/seg/`` are no longer read).
 - ``artifacts/index/v2/gseg/g=<graph>/<count>-<uuid>.seg``: a graph segment (see ``_graphseg``), the folded
   records of a graph's runs with a fingerprint of each run's event keys; ``view="graph"`` reads it plus only the
   runs whose keys changed since, so a graph of 10,000 records costs one LIST of its keys and one object.
@@ -55,7 +56,9 @@ V2 = f"{ROOT}/index/v2"
 RUNS = f"{V2}/run"
 IDS = f"{V2}/id"
 PINS = f"{V2}/pin"
-SEGS = f"{V2}/seg"
+SEGS = f"{V2}/seg"  # where run segments were written before they moved into the run's folder (no longer read)
+#: A run segment's name in its run folder starts so (an event's name starts with a digit, a pin's with "pin-").
+SEG_MARK = "seg-"
 GSEGS = f"{V2}/gseg"
 FACETS = f"{V2}/facet"
 #: Present when every record of the store has its facet markers.
@@ -134,6 +137,20 @@ def _event_key(part: Part, at: datetime | None = None) -> str:
 def _part_of_key(key: str) -> Part:
     g, r = key[len(RUNS) + 1 :].split("/", 2)[:2]
     return g, r
+
+
+def _is_seg(key: str) -> bool:
+    """Whether a key listed in a run folder is a run segment rather than an event."""
+    return key.startswith(SEG_MARK, key.rfind("/") + 1)
+
+
+def _split(keys: Iterable[str]) -> tuple[list[str], list[str]]:
+    """A run folder's listing as (event keys, segment keys)."""
+    events: list[str] = []
+    segs: list[str] = []
+    for key in keys:
+        (segs if _is_seg(key) else events).append(key)
+    return events, segs
 
 
 def _dumps(raw: dict[str, Any]) -> bytes:
@@ -366,20 +383,29 @@ class PartitionedIndex:
     # -- reads --------------------------------------------------------------------
 
     def run_records(self, graph_id: str | None, run_id: str | None, where: Where | None = None) -> list[tuple[str, Artifact]]:
-        """(key, record) of one run passing ``where``, fresh from the store (one LIST of the partition + new events)."""
+        """(key, record) of one run passing ``where``, fresh from the store (one LIST of the partition, its newest
+        segment if this process has not read the run yet, and the events it lacks)."""
         part = part_of(graph_id, run_id)
-        prefix = f"{RUNS}/{part[0]}/{part[1]}/"
-        with self._lock:
-            fresh = part not in self._parts
-        segs = self._list(f"{SEGS}/{part[0]}/{part[1]}/") if fresh else []
-        self._refresh({part: list(self._list(prefix))}, {part: segs})
+        self._refresh_listed([part], [self._list(f"{RUNS}/{part[0]}/{part[1]}/")])
         return self._records([part], where)
+
+    def _refresh_listed(self, parts: list[Part], listings: list[list[str]]) -> None:
+        """Refresh ``parts`` from the listing of each one's folder (events and segments in one LIST)."""
+        with self._lock:
+            fresh = {part for part in parts if part not in self._parts}
+        keys: dict[Part, list[str]] = {}
+        segs: dict[Part, list[str]] = {}
+        for part, listed in zip(parts, listings):
+            keys[part], seg_keys = _split(listed)
+            if part in fresh:
+                segs[part] = seg_keys
+        self._refresh(keys, segs)
 
     def graph_records(self, graph_id: str | None, where: Where | None = None) -> list[tuple[str, Artifact]]:
         """(key, record) of every run of ``graph_id`` passing ``where`` (a :class:`Filter` uses graph segments)."""
         if where is not None and not isinstance(where, Filter):
             g = enc("g", graph_id)
-            return self._scan(f"{RUNS}/{g}/", f"{SEGS}/{g}/", where)
+            return self._scan(f"{RUNS}/{g}/", where)
         return [(h.key, rec) for h in self.graph_hits(graph_id, where or Filter()) if (rec := h.artifact()) is not None]
 
     def graph_hits(self, graph_id: str | None, flt: Filter) -> list[Hit]:
@@ -387,7 +413,7 @@ class PartitionedIndex:
         segment for the runs it covers exactly, the usual run read for the others; may write a new segment."""
         g = enc("g", graph_id)
         base = f"{RUNS}/{g}/"
-        listed = self._list(base)
+        listed, run_segs = _split(self._list(base))
         seg, seg_keys = self._graph_segment(g)
         if seg is not None and seg.covers_all(listed):  # nothing changed since the segment: no grouping by run
             return seg.select(flt, list(seg.runs), base)
@@ -403,13 +429,11 @@ class PartitionedIndex:
         if rest:
             with self._lock:
                 fresh = [part for part in rest if part not in self._parts]
-            segs: dict[Part, list[str]] = {}
-            if len(fresh) > 8:
-                for key in self._list(f"{SEGS}/{g}/"):
-                    sg, sr, _ = key[len(SEGS) + 1 :].split("/", 2)
-                    segs.setdefault((sg, sr), []).append(key)
-            else:
-                segs = {part: self._list(f"{SEGS}/{part[0]}/{part[1]}/") for part in fresh}
+            segs: dict[Part, list[str]] = {part: [] for part in fresh}
+            for key in run_segs:
+                part = (g, key[cut : key.find("/", cut)])
+                if part in segs:
+                    segs[part].append(key)
             self._refresh(rest, segs)
         hits = seg.select(flt, covered, base) if seg is not None else []
         hits += [Hit.of(key, rec, flt.metric) for key, rec in self._records(list(rest), flt)]
@@ -487,7 +511,7 @@ class PartitionedIndex:
 
     def all_records(self, where: Where | None = None) -> list[tuple[str, Artifact]]:
         """(key, record) of every run of every graph passing ``where`` (reads the whole history)."""
-        return self._scan(f"{RUNS}/", f"{SEGS}/", where)
+        return self._scan(f"{RUNS}/", where)
 
     def facet_records(self, kind: str | None, labels: dict[str, Any], where: Where | None = None) -> list[tuple[str, Artifact]] | None:
         """(key, record) passing ``where`` from only the runs whose markers match ``kind`` and every label (a
@@ -512,17 +536,8 @@ class PartitionedIndex:
         return self.parts_records(chosen, where)
 
     def parts_records(self, parts: list[Part], where: Where | None = None) -> list[tuple[str, Artifact]]:
-        """(key, record) passing ``where`` of the run partitions ``parts`` (listed in parallel)."""
-        with self._lock:
-            fresh = {part for part in parts if part not in self._parts}
-
-        def listing(part: Part) -> tuple[Part, list[str], list[str]]:
-            g, r = part
-            segs = self._list(f"{SEGS}/{g}/{r}/") if part in fresh else []
-            return part, self._list(f"{RUNS}/{g}/{r}/"), segs
-
-        listed = self._map(listing, parts)
-        self._refresh({p: keys for p, keys, _ in listed}, {p: segs for p, _, segs in listed})
+        """(key, record) passing ``where`` of the run partitions ``parts`` (listed in parallel, one LIST each)."""
+        self._refresh_listed(parts, self._map(lambda part: self._list(f"{RUNS}/{part[0]}/{part[1]}/"), parts))
         return self._records(parts, where)
 
     def get(self, artifact_id: str) -> Artifact | None:
@@ -539,9 +554,7 @@ class PartitionedIndex:
             with self._lock:
                 p = self._parts.get(part)
             if p is None or ref not in p._seen:
-                prefix = f"{RUNS}/{part[0]}/{part[1]}/"
-                segs = self._list(f"{SEGS}/{part[0]}/{part[1]}/") if p is None else []
-                self._refresh({part: list(self._list(prefix))}, {part: segs})
+                self._refresh_listed([part], [self._list(f"{RUNS}/{part[0]}/{part[1]}/")])
             with self._lock:
                 p = self._parts[part]
                 kept = p._alias.get(ref, ref)
@@ -564,19 +577,14 @@ class PartitionedIndex:
     def _list(self, prefix: str) -> list[str]:
         return list(self._store.list_keys(prefix))
 
-    def _scan(self, run_prefix: str, seg_prefix: str, where: Where | None) -> list[tuple[str, Artifact]]:
+    def _scan(self, run_prefix: str, where: Where | None) -> list[tuple[str, Artifact]]:
+        """Every run partition under ``run_prefix``: one LIST, which holds their events and their segments."""
         by_part: dict[Part, list[str]] = {}
         for key in self._list(run_prefix):
             by_part.setdefault(_part_of_key(key), []).append(key)
-        with self._lock:
-            need_segs = any(part not in self._parts for part in by_part)
-        segs: dict[Part, list[str]] = {}
-        if need_segs:
-            for key in self._list(seg_prefix):
-                g, r, _ = key[len(SEGS) + 1 :].split("/", 2)
-                segs.setdefault((g, r), []).append(key)
-        self._refresh(by_part, segs)
-        return self._records(list(by_part), where)
+        parts = list(by_part)
+        self._refresh_listed(parts, [by_part[part] for part in parts])
+        return self._records(parts, where)
 
     def _refresh(self, keys: dict[Part, list[str]], segs: dict[Part, list[str]]) -> None:
         """Load the newest segment of each new partition, then fetch the events no one has seen yet."""
@@ -610,7 +618,7 @@ class PartitionedIndex:
             p.fetched = 0
         if len(events) <= p.seg_count:
             return
-        key = f"{SEGS}/{p.part[0]}/{p.part[1]}/{len(events):09d}-{uuid.uuid4().hex[:12]}.json"
+        key = f"{RUNS}/{p.part[0]}/{p.part[1]}/{SEG_MARK}{len(events):09d}-{uuid.uuid4().hex[:12]}.json"
         try:
             self._store.put_bytes(key, _dumps({"events": events}), content_type="application/json")
         except Exception:  # noqa: BLE001 - a segment is an optimisation; the events stay authoritative

@@ -54,7 +54,7 @@ def test_queries_read_only_their_partitions(store: ObjectStore) -> None:
     assert sorted(r.artifact_id for r in recs) == sorted(ids[("ga", "r1")])
     run_prefix = f"{RUNS}/{enc('g', 'ga')}/{enc('r', 'r1')}/"
     assert counting.reads and all(k.startswith(run_prefix) for k in counting.reads), counting.reads
-    assert all(p.startswith((run_prefix, f"{SEGS}/{enc('g', 'ga')}/{enc('r', 'r1')}/")) for p in counting.lists)
+    assert counting.lists == [run_prefix], "one LIST: the run's folder holds its events and its segments"
     assert list(fresh._parts) == [part_of("ga", "r1")], "a fresh process holds only what it queried"
 
     counting.reads.clear()
@@ -91,12 +91,14 @@ def test_segments_cut_reads_and_miss_nothing(tmp_path: Path) -> None:
     for i in range(40):
         writer.write_add(_rec(i, "g", "r"))
     assert len(PartitionedIndex(store).run_records("g", "r")) == 40  # fetched one by one: writes a segment
-    assert len(list(store.list_keys(f"{SEGS}/"))) == 1
+    segs = [k for k in store.list_keys(f"{RUNS}/") if k.rsplit("/", 1)[1].startswith("seg-")]
+    assert len(segs) == 1 and not list(store.list_keys(f"{SEGS}/"))
     writer.write_add(_rec(40, "g", "r", at=datetime.now(timezone.utc) - timedelta(hours=3)))  # a skewed clock
     counting = CountingStore(store)
     recs = PartitionedIndex(counting).run_records("g", "r")  # type: ignore[arg-type]
     assert sorted(int(r.metrics["m"]) for _, r in recs) == list(range(41))
     assert len(counting.reads) == 2, counting.reads  # the segment and the one event it lacks
+    assert len(counting.lists) == 1, counting.lists
 
 
 def _writer_proc(root: str, n: int, tag: int) -> None:
