@@ -58,13 +58,18 @@ def journaled(kind: str) -> Callable[[F], F]:
             if journal is None:
                 return await fn(svc, *args, **kwargs)
             position = journal.claim()
-            fp = _fingerprint(kind, svc, args, kwargs if ignored.isdisjoint(kwargs) else
-                              {k: v for k, v in kwargs.items() if k not in ignored})
+            given = kwargs if ignored.isdisjoint(kwargs) else {k: v for k, v in kwargs.items() if k not in ignored}
+            fp: str | None = None
             if journal.expects(position):
+                fp = _fingerprint(kind, svc, args, given)
                 entry = await journal.lookup(position, fp, lambda: _what(kind, svc, args, kwargs),
                                              lambda: _older(kind, svc, bind, args, kwargs))
                 if entry is not None:
                     return await _replay(kind, svc, entry, kwargs)
+            # else nothing can replay at this position (a first attempt once its journal is read): the call is
+            # fingerprinted after it succeeded, next to the entry's encoding (warm orjson code, and a failed call
+            # never pays for it). Arguments the call itself changed are fingerprinted as they are then (a retry
+            # of such a call only goes live).
             # Live: make the call, then record it, only once it succeeded (inline, not a coroutine of its own: this
             # runs on every live call). An LLM call also keeps the usage of every request it accounted and its new
             # ``last_response``.
@@ -80,6 +85,8 @@ def journaled(kind: str) -> Callable[[F], F]:
                 result = await fn(svc, *args, **kwargs)
             finally:
                 call_usage.reset(token)
+            if fp is None:
+                fp = _fingerprint(kind, svc, args, given)
             if kind == "mcp.call":
                 data = entry_body(kind, position, fp, result, needles=needles)
             else:

@@ -20,6 +20,7 @@ replays (every log record carries a CRC-32 and every object a sha256, checked on
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import re
@@ -126,10 +127,10 @@ class Journal:
         self.identity = durable_identity()
         self._source = ctx.overrides.replay_from or os.environ.get(ENV_REPLAY_FROM) or None
         self._write = self._read = ""  # set by the first lookup, once the ordinal is claimed
-        self._next = 0
+        self._positions = itertools.count()  # next() is atomic: no lock on every call
         self._replaying = True
         self._entries: dict[int, Entry] | None = None  # the read folder's entries, loaded once per attempt
-        self._lock = threading.Lock()  # positions and the replay switch
+        self._lock = threading.Lock()  # the replay switch
         self._load_lock = threading.Lock()  # the one load (held in a worker thread only)
         self._broken = False
         self._object_store: ObjectStore | None = None
@@ -156,9 +157,7 @@ class Journal:
 
     def claim(self) -> int:
         """The next position in this attempt's sequence of calls (claimed before any await: deterministic)."""
-        with self._lock:
-            position, self._next = self._next, self._next + 1
-        return position
+        return next(self._positions)
 
     def needles(self, svc: Any, secrets: Callable[[], Iterable[str]]) -> list[bytes]:
         """The secret needles of ``svc``, UTF-8 encoded (``secrets()`` computed once per service object of this
