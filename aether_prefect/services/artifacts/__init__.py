@@ -446,7 +446,7 @@ class ArtifactsService(ArtifactsCompat, BoundService):
                 if old.artifact_id == artifact_id and (rec is None or old.created_at > rec.created_at):
                     rec = old
                     break
-        if rec is not None and not rec.pinned and index.pinned([artifact_id]):
+        if rec is not None and not rec.pinned and not index.pins_in_runs() and index.pinned([artifact_id]):
             rec = rec.model_copy(update={"pinned": True})
         return rec
 
@@ -598,7 +598,8 @@ class ArtifactsService(ArtifactsCompat, BoundService):
             out.append(rec)
             if limit is not None and len(out) >= limit:
                 break
-        pinned = parts_for(self.store).pinned([r.artifact_id for r in out if not r.pinned]) if out else set()
+        index = parts_for(self.store)  # pins come with the runs' records, unless the store has pins from before that
+        pinned = index.pinned([r.artifact_id for r in out if not r.pinned]) if out and not index.pins_in_runs() else set()
         return [r.model_copy(update={"pinned": True}) if r.artifact_id in pinned else r for r in out]
 
     def _matches(self, rec: Artifact, view: str, kind: str | None, want: dict[str, Any], metric: str | None) -> bool:

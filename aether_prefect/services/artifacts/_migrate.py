@@ -56,6 +56,7 @@ class MigrationReport(BaseModel):
     pins: int
     already_migrated: bool
     facet_markers: int = 0
+    pin_events: int = 0
 
 
 def migrate(store: ObjectStore) -> MigrationReport:
@@ -82,19 +83,23 @@ def migrate(store: ObjectStore) -> MigrationReport:
     for aid in sorted(old._pinned):
         store.put_bytes(f"{PINS}/{aid}", b"migrated")
         pins += 1
+    index = PartitionedIndex(store)  # every pin (old layout's or an earlier version's) as pin events in its runs
+    pinned = sorted({key.rsplit("/", 1)[1] for key in store.list_keys(f"{PINS}/")})
+    pin_events = sum(index.pin_runs(aid) for aid in pinned)
     markers: set[str] = set()  # every partitioned record's facet markers (kind, labels), then the mark they are complete
-    for _key, rec in PartitionedIndex(store).all_records():
+    for _key, rec in index.all_records():
         markers.update(facet_markers(rec))
     for marker in sorted(markers):
         store.put_bytes(marker, b"")
     store.put_bytes(FACETS_COMPLETE, _dumps({"since": "migrate"}), content_type="application/json")
-    store.put_bytes(MARKER, _dumps({"records": records, "prefect_links": prefect_links, "pins": pins, "facets": True}),
+    store.put_bytes(MARKER, _dumps({"records": records, "prefect_links": prefect_links, "pins": pins, "facets": True,
+                                   "pins_in_runs": True}),
                     content_type="application/json")
     parts_for(store).forget_facets()  # this process's index reads the marks again
     with _lock:
         _absent[store] = True
     return MigrationReport(records=records, prefect_links=prefect_links, pins=pins, already_migrated=already,
-                           facet_markers=len(markers))
+                           facet_markers=len(markers), pin_events=pin_events)
 
 
 __all__ = ["MARKER", "MigrationReport", "legacy_index", "migrate"]

@@ -12,7 +12,11 @@ the prefix, and a query lists and reads only the partitions it needs:
 - ``artifacts/index/v2/id/<sha[:2]>/<sha>/<time_us>-<uuid>``: a pointer (the add event's key) written just
   before the add event, so ``get_by_id`` lists one tiny prefix. A pointer whose add event never landed is
   ignored.
-- ``artifacts/index/v2/pin/<sha>``: a pin (idempotent).
+- ``artifacts/index/v2/run/g=<graph>/r=<run>/pin-<sha>.json``: a pin event, written by ``pin`` into every run
+  holding a record of the id (found by its pointers), so a query reads pins with the run's one LIST; its key is
+  fixed per run and id (pinning twice rewrites it). ``artifacts/index/v2/pin/<sha>`` also marks the id pinned
+  (idempotent); queries check it per hit only in a store whose migration marker does not say ``pins_in_runs``
+  (pins written before pin events existed; ``store migrate`` folds them into their runs).
 - ``artifacts/index/v2/facet/k=<kind>/<g>/<r>`` and ``.../facet/l=<label>/v=<json value>/<g>/<r>``: empty
   markers saying "this run partition holds a record of this kind / with this label value", written (once per
   process and run) just before the add event, so ``view="all"`` with ``kind=``/``labels=`` lists the markers
@@ -59,6 +63,7 @@ PINS = f"{V2}/pin"
 SEGS = f"{V2}/seg"  # where run segments were written before they moved into the run's folder (no longer read)
 #: A run segment's name in its run folder starts so (an event's name starts with a digit, a pin's with "pin-").
 SEG_MARK = "seg-"
+PIN_MARK = "pin-"
 GSEGS = f"{V2}/gseg"
 FACETS = f"{V2}/facet"
 #: Present when every record of the store has its facet markers.
@@ -153,6 +158,20 @@ def _split(keys: Iterable[str]) -> tuple[list[str], list[str]]:
     return events, segs
 
 
+def _validated(raw: dict[str, Any], prefect_id: str | None, pinned: bool) -> Artifact | None:
+    """An add event's raw record as an Artifact with its Prefect link and pin applied (None: not a record)."""
+    try:
+        rec = Artifact.model_validate(raw)
+    except PydanticValidationError:
+        return None  # a foreign or damaged object: not an artifact record
+    update: dict[str, Any] = {}
+    if prefect_id and prefect_id != rec.prefect_artifact_id:
+        update["prefect_artifact_id"] = prefect_id
+    if pinned and not rec.pinned:
+        update["pinned"] = True
+    return rec.model_copy(update=update) if update else rec
+
+
 def _dumps(raw: dict[str, Any]) -> bytes:
     return orjson.dumps(raw)
 
@@ -177,7 +196,8 @@ class _Partition:
         self._prefect: dict[str, str] = {}  # kept add key -> Prefect artifact id
         self._alias: dict[str, str] = {}  # add key of a repeated save -> the add key kept for it
         self._by_sha: dict[str, list[str]] = {}  # artifact id -> its kept add keys
-        self._valid: dict[str, tuple[str | None, Artifact | None]] = {}  # add key -> (prefect id, record)
+        self._pins: set[str] = set()  # artifact ids a pin event of this run names
+        self._valid: dict[str, tuple[str | None, bool, Artifact | None]] = {}  # add key -> (prefect id, pinned, record)
         self.fetched = 0  # events fetched one by one since the last segment
         self.seg_count = 0
 
@@ -195,6 +215,8 @@ class _Partition:
             self._add(key, rec)
         elif op == "prefect" and raw.get("ref") and raw.get("prefect_artifact_id"):
             self._prefect[self._alias.get(raw["ref"], raw["ref"])] = raw["prefect_artifact_id"]
+        elif op == "pin" and isinstance(raw.get("artifact_id"), str):
+            self._pins.add(raw["artifact_id"])
 
     @staticmethod
     def _ident(rec: dict[str, Any]) -> tuple[Any, ...]:
@@ -231,18 +253,15 @@ class _Partition:
         self._adds[key] = rec
 
     def record(self, key: str) -> Artifact | None:
-        """The validated record of the kept add ``key`` with its Prefect link (None if it is not a record)."""
+        """The validated record of the kept add ``key`` with its Prefect link and pin (None if it is not a record)."""
         pid = self._prefect.get(key)
+        raw = self._adds[key]
+        pinned = raw.get("artifact_id") in self._pins
         hit = self._valid.get(key)
-        if hit is not None and hit[0] == pid:
-            return hit[1]
-        try:
-            rec: Artifact | None = Artifact.model_validate(self._adds[key])
-        except PydanticValidationError:
-            rec = None  # a foreign or damaged object: not an artifact record
-        if rec is not None and pid and pid != rec.prefect_artifact_id:
-            rec = rec.model_copy(update={"prefect_artifact_id": pid})
-        self._valid[key] = (pid, rec)
+        if hit is not None and hit[0] == pid and hit[1] == pinned:
+            return hit[2]
+        rec = _validated(raw, pid, pinned)
+        self._valid[key] = (pid, pinned, rec)
         return rec
 
     def records(self, where: Where | None = None) -> list[tuple[str, Artifact]]:
@@ -341,8 +360,10 @@ class PartitionedIndex:
         record, write the marker (then no fresh reader lists the old layout's folders again), saying whether the
         facet markers are complete; else the facet check. One PUT on a new store, as the facet mark was before."""
         if self.layout() is None and not self._has_legacy():
-            facets = self._store.exists(FACETS_COMPLETE) or self._runs_empty()
-            body = {"since": "first save", "facets": facets}
+            empty = self._runs_empty()  # a new store: no record, so no pin and no record without markers
+            facets = empty or self._store.exists(FACETS_COMPLETE)
+            pins = empty or next(iter(self._store.list_keys(f"{PINS}/")), None) is None
+            body = {"since": "first save", "facets": facets, "pins_in_runs": pins}
             self._store.put_bytes(MIGRATED, _dumps(body), content_type="application/json")
             with self._lock:
                 self._layout = body
@@ -379,6 +400,33 @@ class PartitionedIndex:
     def write_pin(self, artifact_id: str) -> None:
         """Pin ``artifact_id`` (every record of it), idempotently."""
         self._store.put_bytes(f"{PINS}/{artifact_id}", datetime.now(timezone.utc).isoformat().encode())
+        self.pin_runs(artifact_id)
+
+    def pin_runs(self, artifact_id: str) -> int:
+        """A pin event in every run partition holding a record of ``artifact_id`` (found by its id pointers), so a
+        query of those runs sees the pin in its one LIST, without a pin check per hit; returns how many runs. A
+        record saved after this, in another run, is a new record: pinned only if saved with ``pin=True``."""
+        refs = self._map(self._get_bytes, self._list(f"{IDS}/{artifact_id[:2]}/{artifact_id}/"))
+        texts = [ref.decode("utf-8", "replace") for ref in refs if ref]
+        parts = sorted({_part_of_key(t) for t in texts if t.startswith(f"{RUNS}/") and t.count("/") > RUNS.count("/") + 2})
+        raw = {"op": "pin", "artifact_id": artifact_id, "at": datetime.now(timezone.utc).isoformat()}
+
+        def put(part: Part) -> None:
+            key = f"{RUNS}/{part[0]}/{part[1]}/{PIN_MARK}{artifact_id}.json"
+            self._store.put_bytes(key, _dumps(raw), content_type="application/json")
+            with self._lock:
+                p = self._parts.get(part)
+                if p is not None:
+                    p._apply(key, raw)
+
+        self._map(put, parts, small=1)
+        return len(parts)
+
+    def pins_in_runs(self) -> bool:
+        """Whether every pin of the store is a pin event in its runs (the migration marker says so), so a query
+        needs no pin check per hit."""
+        layout = self.layout()
+        return layout is not None and layout.get("pins_in_runs") is True
 
     # -- reads --------------------------------------------------------------------
 
@@ -493,18 +541,11 @@ class PartitionedIndex:
         with self._lock:
             p = self._parts[part]
             keys = set(p.raw) | set(listed)
-            adds = [(k, p._adds[k], p._prefect.get(k), p._valid.get(k)) for k in sorted(p._adds)]
+            adds = [(k, p._adds[k], p._prefect.get(k), p._adds[k].get("artifact_id") in p._pins, p._valid.get(k))
+                    for k in sorted(p._adds)]
         rows = []
-        for key, raw, pid, hit in adds:
-            if hit is not None and hit[0] == pid:
-                rec = hit[1]
-            else:
-                try:
-                    rec = Artifact.model_validate(raw)
-                except PydanticValidationError:
-                    rec = None
-                if rec is not None and pid and pid != rec.prefect_artifact_id:
-                    rec = rec.model_copy(update={"prefect_artifact_id": pid})
+        for key, raw, pid, pinned, hit in adds:
+            rec = hit[2] if hit is not None and hit[:2] == (pid, pinned) else _validated(raw, pid, pinned)
             if rec is not None:
                 rows.append(Row.of(key.rsplit("/", 1)[1], rec))
         return Block(part[1], fingerprint(keys), len(keys), rows), keys
@@ -658,4 +699,4 @@ class PartitionedIndex:
 parts_for: PerStore[PartitionedIndex] = PerStore(PartitionedIndex)
 
 
-__all__ = ["FACETS", "FACETS_COMPLETE", "GSEGS", "IDS", "MIGRATED", "PINS", "RUNS", "SEGS", "V2", "facet_markers", "kind_prefix", "label_prefix", "PartitionedIndex", "enc", "part_of", "parts_for"]
+__all__ = ["FACETS", "FACETS_COMPLETE", "GSEGS", "IDS", "MIGRATED", "PIN_MARK", "PINS", "SEG_MARK", "RUNS", "SEGS", "V2", "facet_markers", "kind_prefix", "label_prefix", "PartitionedIndex", "enc", "part_of", "parts_for"]

@@ -9,11 +9,16 @@ from aether_prefect.services.stores.base import ObjectStore
 
 
 class CountingStore:
-    """Wraps a real store and records every key read and every prefix listed (thread-safe)."""
+    """Wraps a real store and records every key read, every key checked (HEAD) and every prefix listed (thread-safe)."""
 
     def __init__(self, inner: ObjectStore) -> None:
-        self.inner, self.reads, self.lists = inner, [], []  # type: ignore[var-annotated]
+        self.inner, self.reads, self.lists, self.heads = inner, [], [], []  # type: ignore[var-annotated]
         self._lock = threading.Lock()
+
+    def exists(self, key: str) -> bool:
+        with self._lock:
+            self.heads.append(key)
+        return self.inner.exists(key)
 
     def get_bytes(self, key: str) -> bytes:
         with self._lock:

@@ -20,7 +20,7 @@ from aether_prefect.services.artifacts import _migrate
 from aether_prefect.services.artifacts._index import REC, ArtifactIndex, IndexEvent
 from aether_prefect.services.artifacts._migrate import MARKER, migrate
 from aether_prefect.services.artifacts._parts import (
-    FACETS, FACETS_COMPLETE, IDS, RUNS, SEGS, PartitionedIndex, enc, part_of,
+    FACETS, FACETS_COMPLETE, IDS, PINS, RUNS, SEGS, PartitionedIndex, enc, part_of, parts_for,
 )
 from aether_prefect.services.stores import open_store
 from aether_prefect.services.stores.base import ObjectStore
@@ -83,6 +83,45 @@ def test_first_save_marks_a_store_without_old_layout_migrated(store: ObjectStore
     assert _migrate.legacy_index(counting) is None  # type: ignore[arg-type]
     assert (counting.lists, counting.reads) == ([], [MARKER])
     assert _migrate.legacy_index(counting) is None and counting.reads == [MARKER], "checked once per process"
+
+
+def test_a_pin_is_read_with_its_runs_listing(store: ObjectStore) -> None:
+    """pin(id) writes a pin event into every run holding the id: a fresh reader of those runs sees it in the run's
+    one LIST, with no pin check (HEAD) per hit; get_by_id sees it too."""
+    ids = _fill(store)
+    target = ids[("ga", "r1")][2]
+    PartitionedIndex(store).write_add(_rec(2, "ga", "r2"))  # the same bytes saved in another run
+    PartitionedIndex(store).write_pin(target)
+    counting = CountingStore(store)
+    fresh = PartitionedIndex(counting)  # type: ignore[arg-type]
+    assert fresh.pins_in_runs()
+    for run in ("r1", "r2"):
+        recs = {r.artifact_id: r for _, r in fresh.run_records("ga", run)}
+        assert recs[target].pinned and not any(r.pinned for a, r in recs.items() if a != target), run
+    assert counting.heads == [] and len(counting.lists) == 2, (counting.heads, counting.lists)
+    got = PartitionedIndex(store).get(target)
+    assert got is not None and got.pinned
+    PartitionedIndex(store).write_pin(target)  # twice: the same objects
+    assert len([k for k in store.list_keys(f"{RUNS}/") if "/pin-" in k]) == 2
+
+
+async def test_pins_from_before_pin_events_still_read_and_migrate_folds_them(config_local: AetherConfig) -> None:
+    store = open_store(config_local.store)  # type: ignore[arg-type]
+    ids = _fill(store)
+    target = ids[("ga", "r1")][0]
+    store.put_bytes(f"{PINS}/{target}", b"old")  # a pin as the previous version wrote it, in a store without marker
+    store.delete(MARKER)
+    parts_for.clear()
+    async with open_session(config=config_local, graph_id="ga", run_id="r1") as ctx:
+        hits = {a.artifact_id: a.pinned for a in await ctx.artifacts().search(view="run")}
+        assert hits[target] and sum(hits.values()) == 1  # a pin check per hit: the store does not say otherwise
+        assert (await ctx.artifacts().get_by_id(target)).pinned
+    parts_for.clear()
+    assert not PartitionedIndex(store).pins_in_runs()
+    report = migrate(store)
+    assert report.pin_events == 1 and json.loads(store.get_bytes(MARKER))["pins_in_runs"] is True
+    fresh = PartitionedIndex(store)
+    assert fresh.pins_in_runs() and {r.artifact_id for _, r in fresh.run_records("ga", "r1") if r.pinned} == {target}
 
 
 def test_segments_cut_reads_and_miss_nothing(tmp_path: Path) -> None:
