@@ -632,7 +632,8 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         return hits[0] if hits else None
 
     async def pin(self, artifact_id: str) -> Artifact:
-        """Mark ``artifact_id`` as pinned (an idempotent pin object; safe from many processes).
+        """Mark ``artifact_id`` as pinned (an idempotent pin object; safe from many processes): every record of it
+        saved so far, in every run; a later save of the same bytes is a new record, pinned if saved with ``pin=True``.
 
         Example: ``await context.artifacts().pin(winner.artifact_id)``
         """

@@ -187,20 +187,28 @@ def test_concurrent_writers_in_many_processes_while_segments_are_written_lose_no
     seed = PartitionedIndex(store)
     for i in range(12):
         seed.write_add(_rec(90_000 + i, f"seed{i // 3}"))
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: a child forked from a process with Prefect's threads running can inherit a held lock.
+    ctx = multiprocessing.get_context("spawn")
     go, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
     compactor = ctx.Process(target=_compactor, args=(str(tmp_path), go, stop, out))
     writers = [ctx.Process(target=_writer, args=(str(tmp_path), t, 60, go)) for t in range(3)]
-    compactor.start()
-    for p in writers:
-        p.start()
-    for p in writers:
-        p.join(600)
-        assert p.exitcode == 0
-    stop.set()
-    counts = out.get(timeout=600)
-    compactor.join(600)
-    assert compactor.exitcode == 0
+    try:
+        compactor.start()
+        for p in writers:
+            p.start()
+        for p in writers:
+            p.join(600)
+            assert p.exitcode == 0
+        stop.set()
+        counts = out.get(timeout=600)
+        compactor.join(600)
+        assert compactor.exitcode == 0
+    finally:  # a failed writer must not leave the compactor looping (pytest would wait for it at exit)
+        stop.set()
+        for p in [compactor, *writers]:
+            if p.is_alive():
+                p.terminate()
+                p.join(30)
     assert counts == sorted(counts), "a reader never sees fewer records than one before it"
     want = {hashlib.sha256(f"{t * 1000 + i}".encode()).hexdigest() for t in range(3) for i in range(60)}
     want |= {hashlib.sha256(f"{90_000 + i}".encode()).hexdigest() for i in range(12)}
