@@ -384,19 +384,6 @@ class PartitionedIndex:
             self._layout = raw
         return raw
 
-    def write_prefect(self, add_key: str, artifact_id: str, prefect_artifact_id: str) -> None:
-        """Link the add event ``add_key`` to its Prefect artifact (an event in the same partition)."""
-        part = _part_of_key(add_key)
-        at = datetime.now(timezone.utc)
-        raw = IndexEvent(op="prefect", artifact_id=artifact_id, ref=add_key, prefect_artifact_id=prefect_artifact_id, at=at)
-        data = raw.model_dump(mode="json", exclude_none=True)
-        key = _event_key(part, at)
-        self._store.put_bytes(key, _dumps(data), content_type="application/json")
-        with self._lock:
-            p = self._parts.get(part)
-            if p is not None:
-                p._apply(key, data)
-
     def write_pin(self, artifact_id: str) -> None:
         """Pin ``artifact_id`` (every record of it), idempotently."""
         self._store.put_bytes(f"{PINS}/{artifact_id}", datetime.now(timezone.utc).isoformat().encode())

@@ -76,7 +76,11 @@ def test_a_segment_plus_newer_runs_answers_exactly_and_reads_only_the_changed_ru
     retry_key = f"{RUNS}/{part[0]}/{part[1]}/99999999999999999-{uuid.uuid4().hex[:12]}.json"
     raw = IndexEvent(op="add", artifact_id=again.artifact_id, record=again, at=again.created_at)
     store.put_bytes(retry_key, json.dumps(raw.model_dump(mode="json", exclude_none=True)).encode())
-    writer.write_prefect(keys[13], _rec(13, "r3").artifact_id, "pa-13")
+    part3 = part_of("g", "r3")  # a Prefect link event, as writers before the add event carried the link wrote it
+    link = IndexEvent(op="prefect", artifact_id=_rec(13, "r3").artifact_id, ref=keys[13], prefect_artifact_id="pa-13",
+                      at=again.created_at)
+    store.put_bytes(f"{RUNS}/{part3[0]}/{part3[1]}/99999999999999999-{uuid.uuid4().hex[:12]}.json",
+                    json.dumps(link.model_dump(mode="json", exclude_none=True)).encode())
     writer.write_add(_rec(200, "r9"))
 
     counting = CountingStore(store)
