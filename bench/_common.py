@@ -7,8 +7,10 @@ Each bench prints a table and writes bench/results/<name>.json with rows of
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -23,6 +25,7 @@ if str(ROOT) not in sys.path:
 RESULTS = ROOT / "bench" / "results"
 
 _home = Path(tempfile.mkdtemp(prefix="aether-bench-"))
+atexit.register(shutil.rmtree, _home, True)  # registered first, so it runs after the server (below) has stopped
 os.environ.update(
     PREFECT_HOME=str(_home / "client"),
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
@@ -40,8 +43,6 @@ def start_prefect_server() -> str:
     """Start a private real Prefect server (once per bench process) and point PREFECT_API_URL at it."""
     global _server
     if _server is None:
-        import atexit
-
         from tests.servers.prefect_server import PrefectServer
 
         _server = PrefectServer(home=_home / "server").start()
