@@ -141,3 +141,8 @@ def delete_sync(name: str) -> bool:
 async def delete_id(var_id: str) -> bool:
     """Delete one variable instance by id; False if it is gone."""
     return await request("DELETE", f"/variables/{var_id}", ok_status=404) is not None
+
+
+def delete_id_sync(var_id: str) -> bool:
+    """Blocking twin of :func:`delete_id` on the calling thread's client."""
+    return request_sync("DELETE", f"/variables/{var_id}", ok_status=404) is not None

@@ -126,6 +126,20 @@ def _check_number(key: str, amount: Any) -> int | float:
     return amount
 
 
+def _incremented(key: str, current: Any, amounts: list[int | float]) -> list[int | float]:
+    """The values after adding each of ``amounts`` to ``current`` in turn; KVValidationError unless a number."""
+    if isinstance(current, bool) or not isinstance(current, (int, float)):
+        raise KVValidationError(
+            f"cannot incr KV key {key!r}: it holds a {type(current).__name__}, not a number "
+            "(set it to a number first, or incr another key)"
+        )
+    results = []
+    for amount in amounts:
+        current = current + amount
+        results.append(current)
+    return results
+
+
 class _Prepared:
     """A value ready to write: the variable envelope, and the blob bytes when it does not fit."""
 
@@ -255,6 +269,14 @@ class VariablesAPI:
         """Blocking :meth:`delete`."""
         return self._guard_sync(variables.delete_sync, name)  # type: ignore[no-any-return]
 
+    def create_sync(self, name: str, value: Any) -> dict[str, Any] | None:
+        """Blocking :meth:`create`."""
+        return self._guard_sync(variables.create_sync, name, value)  # type: ignore[no-any-return]
+
+    def delete_id_sync(self, var_id: str) -> bool:
+        """Blocking :meth:`delete_id`."""
+        return self._guard_sync(variables.delete_id_sync, var_id)  # type: ignore[no-any-return]
+
     def put_sync(self, name: str, value: Any, *, exists: bool = True) -> None:
         """Blocking :meth:`put`."""
         for _ in range(5):
@@ -271,7 +293,8 @@ class VariablesAPI:
         """True when the blocking twins do what the async calls do (a subclass overriding an async call,
         like a test's request counter, gets every call through its async methods)."""
         cls = type(self)
-        return all(getattr(cls, m) is getattr(VariablesAPI, m) for m in ("read", "patch", "create", "delete", "put"))
+        return all(getattr(cls, m) is getattr(VariablesAPI, m)
+                   for m in ("read", "patch", "create", "delete", "put", "delete_id"))
 
 
 # ---------------------------------------------------------------------------
@@ -425,6 +448,37 @@ class PrefectKV(BoundService):
         self._api.delete_sync(name)
         return None
 
+    def _incr_blocking(self, key: str, amount: int | float = 1) -> Any:
+        """``incr`` on the calling thread when the key's lock is free: the same four requests as the async path
+        (lock create, read, write, lock delete) without the hops to the portal's loop; _MISSING (take the
+        async path, which waits for the lock and batches) when the lock is held or the value is in a blob."""
+        name = self._name(key)
+        _check_number(key, amount)
+        lock = self._lock(key)
+        if not lock.try_acquire_blocking():
+            return _MISSING
+        try:
+            var = self._api.read_sync(name)
+            env = _envelope(var)
+            if _blob_ref(env) is not None:
+                return _MISSING  # nothing written; the async path reads the blob (and reports what it holds)
+            alive = env is not None and _alive(env)
+            current = env.get("v") if alive and env is not None else 0
+            new = _incremented(key, current, [amount])[0]
+            prep = prepare(self.namespace, name, key, new, env.get("x") if alive and env is not None else None)
+            if prep.blob is not None:
+                return _MISSING
+            lock.check()
+            self._api.put_sync(name, prep.envelope, exists=var is not None)
+            return new
+        finally:
+            try:
+                lock.release_blocking()
+            except Exception as exc:  # noqa: BLE001 - the lease runs out by itself; waiters break it
+                import logging
+
+                logging.getLogger("aether_prefect.kv").warning("releasing the KV lock on %r failed: %s", key, exc)
+
     async def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key``, or ``default`` when it is missing or expired (one GET).
 
@@ -569,16 +623,8 @@ class PrefectKV(BoundService):
             current, exp = 0, None
         else:
             exp = env.get("x") if env else None
-        if isinstance(current, bool) or not isinstance(current, (int, float)):
-            raise KVValidationError(
-                f"cannot incr KV key {key!r}: it holds a {type(current).__name__}, not a number "
-                "(set it to a number first, or incr another key)"
-            )
-        results = []
-        for amount in amounts:
-            current = current + amount
-            results.append(current)
-        await self._write_locked(prepare(self.namespace, name, key, current, exp), name, var, lock)
+        results = _incremented(key, current, amounts)
+        await self._write_locked(prepare(self.namespace, name, key, results[-1], exp), name, var, lock)
         return results
 
     async def update(self, key: str, fn: Callable[[Any], Any], *, ttl_s: float | None = None) -> Any:
@@ -742,6 +788,21 @@ class PrefectKV(BoundService):
         """
         await flush_increments()
 
+    def close_blocking(self) -> bool:
+        """Close on the calling thread when no increment is in flight on any event loop of this process (so no
+        drain keeps a lock to give back); else False (then :meth:`aclose` waits for them).
+
+        Example: ``context.kv().close_blocking()  # NodeContext.close_nowait() does this for you``
+        """
+        if type(self).aclose is not PrefectKV.aclose:
+            return False
+        try:
+            return not any(c.task is not None and not c.task.done()
+                           for loop, table in list(_combiners.items()) if not loop.is_closed()
+                           for c in list(table.values()))
+        except RuntimeError:  # changed while read (another loop is incrementing): wait for it the usual way
+            return False
+
     async def _iter(self, name_prefix: str) -> AsyncIterator[tuple[str, dict[str, Any], dict[str, Any]]]:
         """(user key, variable, envelope) of every value variable whose name starts with ``name_prefix``."""
         offset = 0
@@ -785,7 +846,7 @@ class _KVSyncView(SyncView):  # type: ignore[type-arg]
 
     #: Methods with a blocking fast path for small values (the Variables request on the calling thread).
     _BLOCKING = {"get": "_get_blocking", "exists": "_exists_blocking", "set": "_set_blocking",
-                 "delete": "_delete_blocking"}
+                 "delete": "_delete_blocking", "incr": "_incr_blocking"}
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._target, name)
@@ -798,19 +859,28 @@ class _KVSyncView(SyncView):  # type: ignore[type-arg]
             @functools.wraps(attr)
             def blocking(*args: Any, **kwargs: Any) -> Any:
                 out = fast(*args, **kwargs)
-                return run_sync(attr(*args, **kwargs)) if out is _MISSING else out
+                return run_sync(_marked(attr, args, kwargs)) if out is _MISSING else out
 
             return blocking
 
         @functools.wraps(attr)
         def call(*args: Any, **kwargs: Any) -> Any:
-            async def marked() -> Any:
-                _from_sync.set(True)
-                return await attr(*args, **kwargs)
-
-            return run_sync(marked())
+            return run_sync(_marked(attr, args, kwargs))
 
         return call
+
+
+def _marked(attr: Callable[..., Awaitable[Any]], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The coroutine ``attr(*args, **kwargs)`` marked as called from blocking code (see ``_from_sync``), named
+    after ``attr`` (so a trace of the hops to the portal names the method each runs)."""
+
+    async def marked() -> Any:
+        _from_sync.set(True)
+        return await attr(*args, **kwargs)
+
+    coro = marked()
+    coro.__qualname__ = getattr(attr, "__qualname__", coro.__qualname__)
+    return coro
 
 
 class _Combiner:

@@ -140,6 +140,32 @@ class VariableLock:
             await asyncio.sleep(min(random.uniform(0.2, 1.0) * poll, max(0.0, deadline - now) + 0.001))
             poll = min(poll * 1.5, _MAX_POLL_S)
 
+    def try_acquire_blocking(self) -> bool:
+        """One try on the calling thread: create the lock variable; False when it is held (:meth:`acquire` waits).
+
+        No renewer runs: a blocking holder makes a few requests and releases (:meth:`release_blocking`), and
+        :meth:`check` before its write fences a holder that stalled past the lease, as for any holder. A killed
+        holder's lock is broken by waiters after 1.5 leases, as always.
+        Example: ``if lock.try_acquire_blocking(): ...; lock.release_blocking()``
+        """
+        sent = time.monotonic()
+        created = self._api.create_sync(self.name, self._value())  # type: ignore[attr-defined]
+        if created is None:
+            return False
+        self._id, self._valid_until, self._lost = str(created["id"]), sent + self.lease_s, False
+        return True
+
+    def release_blocking(self) -> bool:
+        """Blocking :meth:`release` of a lock taken by :meth:`try_acquire_blocking` (one DELETE by id).
+
+        Example: ``lock.release_blocking()``
+        """
+        var_id, self._id = self._id, None
+        self._released_id = var_id
+        if var_id is None:
+            return False
+        return bool(self._api.delete_id_sync(var_id))  # type: ignore[attr-defined]
+
     @property
     def lost(self) -> bool:
         """True once a renewal found the lock broken by a waiter."""

@@ -23,7 +23,7 @@ from aether_prefect import NodeContext, aether_task
 from aether_prefect._prefect import prefect_client
 from aether_prefect._sync import run_sync
 from aether_prefect.blocks import AetherConfig
-from aether_prefect.errors import KVError
+from aether_prefect.errors import KVError, KVValidationError
 from aether_prefect.services.kv import _names as kv_names
 from aether_prefect.services.kv import PrefectKV, VariablesAPI
 from aether_prefect.session import open_session_sync
@@ -543,6 +543,46 @@ def test_sync_twins_of_small_values_skip_the_portal(kv: PrefectKV, monkeypatch: 
     assert kv.sync.get("big") is None
     assert [h.split(".")[-1] for h in hops] == ["set", "get", "set", "set", "delete"]
     assert list(kv._store_().list_keys(f"kv/{kv.namespace}/")) == []  # no blob left behind
+
+
+def test_sync_incr_with_a_free_lock_stays_on_the_calling_thread(kv: PrefectKV, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kv.sync.incr takes a free lock, reads, writes and releases on the calling thread (#21: a sync task's
+    counter no longer hops to the portal loop and back); when the lock is held it takes the async path, which
+    waits for the lock, and every increment still counts exactly once; the lock is never left behind."""
+    import threading
+
+    from aether_prefect._prefect import variables as prefect_variables
+    from aether_prefect.services import kv as kv_module
+
+    hops: list[str] = []
+    real_run_sync = kv_module.run_sync
+
+    def counting_run_sync(coro: Any) -> Any:
+        hops.append(coro.__qualname__)
+        return real_run_sync(coro)
+
+    monkeypatch.setattr(kv_module, "run_sync", counting_run_sync)
+    lock_name = kv_names.variable_name(kv.namespace, "n", kv_names.LOCK_KIND)
+    assert [kv.sync.incr("n") for _ in range(3)] == [1, 2, 3]
+    assert kv.sync.incr("n", 0.5) == 3.5 and hops == [] and raw_read(lock_name) is None
+    kv.sync.set("ttl", 5, ttl_s=3600)
+    expiry = raw_read(kv._name("ttl"))["value"]["x"]
+    assert kv.sync.incr("ttl") == 6 and raw_read(kv._name("ttl"))["value"]["x"] == expiry  # the expiry is kept
+    kv.sync.set("text", "abc")
+    with pytest.raises(KVValidationError, match="not a number"):
+        kv.sync.incr("text")
+    assert hops == [] and raw_read(kv_names.variable_name(kv.namespace, "text", kv_names.LOCK_KIND)) is None
+
+    held = prefect_variables.create_sync(lock_name, {"owner": "test", "lease_s": 30.0, "pid": 0, "host": "test"})
+    assert held is not None
+    timer = threading.Timer(0.3, prefect_variables.delete_id_sync, args=(held["id"],))
+    timer.start()
+    try:
+        assert kv.sync.incr("n") == 4.5  # waited for the held lock on the async path
+    finally:
+        timer.cancel()
+    assert [h.split(".")[-1] for h in hops] == ["incr"] and raw_read(lock_name) is None
+    assert kv.sync.get("n") == 4.5
 
 
 def test_sync_twins_go_through_an_overriding_api(local_config: AetherConfig) -> None:
