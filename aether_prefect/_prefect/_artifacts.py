@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from aether_prefect._prefect._client import with_client
+from aether_prefect._prefect._client import with_client, with_sync_client
 
 
 def _uuid(value: str | UUID | None) -> UUID | None:
@@ -34,6 +34,31 @@ async def create_artifact(
         return str((await client.create_artifact(artifact=artifact)).id)
 
     return await with_client(call)
+
+
+def create_artifact_sync(
+    *,
+    type: str,
+    data: Any,
+    description: str | None = None,
+    key: str | None = None,
+    flow_run_id: str | None = None,
+    task_run_id: str | None = None,
+    metadata: dict[str, str] | None = None,
+) -> str:
+    """Blocking twin of :func:`create_artifact` on the calling thread's client (no hop to an event loop)."""
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    artifact = ArtifactCreate(
+        key=key, type=type, data=data, description=description, metadata_=metadata,
+        flow_run_id=_uuid(flow_run_id), task_run_id=_uuid(task_run_id),
+    )
+    return with_sync_client(lambda client: str(client.create_artifact(artifact=artifact).id))
+
+
+def delete_artifact_sync(artifact_id: str) -> None:
+    """Blocking twin of :func:`delete_artifact` on the calling thread's client."""
+    with_sync_client(lambda client: client.delete_artifact(_uuid(artifact_id)))
 
 
 async def delete_artifact(artifact_id: str) -> None:

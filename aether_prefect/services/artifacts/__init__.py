@@ -10,6 +10,7 @@ the add event leaves no record, and the Prefect artifact of a failed add event i
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import mimetypes
@@ -23,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Literal
 import anyio
 
 from aether_prefect._sync import SyncView, async_cm
-from aether_prefect.services.artifacts._compat import ArtifactsCompat
+from aether_prefect.services.artifacts._compat import ArtifactsCompat, legacy_save_keywords
 from aether_prefect.errors import ArtifactNotFound, IntegrityError, ValidationError
 from aether_prefect.services.artifacts._index import ROOT, Artifact
 from aether_prefect.services.artifacts._migrate import legacy_index
 from aether_prefect.services.artifacts._parts import parts_for
-from aether_prefect.services.artifacts._publish import publish, unpublish
+from aether_prefect.services.artifacts._publish import publish, publish_sync, unpublish, unpublish_sync
 from aether_prefect.services.artifacts._query import Filter, Hit, label_match
 from aether_prefect.services._checks import check_metrics
 from aether_prefect.services.base import BoundService
@@ -106,6 +107,36 @@ def _parse_json(data: bytes, what: str) -> Any:
 
 
 # -- validation ----------------------------------------------------------------------
+
+
+def _text_payload(text: str, kind: str, name: str | None, mime: str | None) -> tuple[bytes, str]:
+    """(UTF-8 bytes, mime) of a ``save_text``."""
+    if not isinstance(text, str):
+        raise ValidationError(f"save_text takes a str, got {type(text).__name__}; use save_bytes or save_json")
+    if mime is None:
+        md = (name or "").endswith(".md") or "markdown" in kind or kind in ("md", "report")
+        mime = "text/markdown; charset=utf-8" if md else "text/plain; charset=utf-8"
+    return text.encode("utf-8"), mime
+
+
+def _json_payload(obj: Any) -> bytes:
+    """The JSON bytes of a ``save_json``."""
+    try:
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"save_json got an object that is not JSON-serialisable ({exc}); convert it to dicts, lists, "
+            "str, numbers, bool and None first (NaN/inf are not allowed), or use save_bytes"
+        ) from None
+
+
+def _bytes_payload(data: Any, name: str | None, mime: str | None) -> tuple[bytes, str]:
+    """(bytes, mime) of a ``save_bytes``."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ValidationError(f"save_bytes takes bytes, got {type(data).__name__}; use save_text or save_json")
+    if mime is None:
+        mime = (mimetypes.guess_type(name)[0] if name else None) or "application/octet-stream"
+    return bytes(data), mime
 
 
 def _check_name(name: str | None) -> str | None:
@@ -230,12 +261,8 @@ class ArtifactsService(ArtifactsCompat, BoundService):
 
         Example: ``art = await context.artifacts().save_text("# Report", kind="report", name="report.md")``
         """
-        if not isinstance(text, str):
-            raise ValidationError(f"save_text takes a str, got {type(text).__name__}; use save_bytes or save_json")
-        if mime is None:
-            md = (name or "").endswith(".md") or "markdown" in kind or kind in ("md", "report")
-            mime = "text/markdown; charset=utf-8" if md else "text/plain; charset=utf-8"
-        return await self._save_data(text.encode("utf-8"), kind, name, labels, metrics, pin, mime)
+        data, mime = _text_payload(text, kind, name, mime)
+        return await self._save_data(data, kind, name, labels, metrics, pin, mime)
 
     async def save_json(
         self, obj: Any, *, kind: str = "json", name: str | None = None, labels: dict[str, Any] | None = None,
@@ -245,14 +272,8 @@ class ArtifactsService(ArtifactsCompat, BoundService):
 
         Example: ``art = await context.artifacts().save_json({"rows": 120}, kind="stats", metrics={"rows": 120})``
         """
-        try:
-            data = json.dumps(obj, ensure_ascii=False, allow_nan=False).encode("utf-8")
-        except (TypeError, ValueError) as exc:
-            raise ValidationError(
-                f"save_json got an object that is not JSON-serialisable ({exc}); convert it to dicts, lists, "
-                "str, numbers, bool and None first (NaN/inf are not allowed), or use save_bytes"
-            ) from None
-        return await self._save_data(data, kind, name, labels, metrics, pin, "application/json", json_obj=obj)
+        return await self._save_data(_json_payload(obj), kind, name, labels, metrics, pin, "application/json",
+                                     json_obj=obj)
 
     async def save_bytes(
         self, data: bytes, *, kind: str = "bytes", name: str | None = None, labels: dict[str, Any] | None = None,
@@ -262,11 +283,33 @@ class ArtifactsService(ArtifactsCompat, BoundService):
 
         Example: ``art = await context.artifacts().save_bytes(b"\x89PNG...", kind="image", name="plot.png")``
         """
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise ValidationError(f"save_bytes takes bytes, got {type(data).__name__}; use save_text or save_json")
-        if mime is None:
-            mime = (mimetypes.guess_type(name)[0] if name else None) or "application/octet-stream"
-        return await self._save_data(bytes(data), kind, name, labels, metrics, pin, mime)
+        raw, mime = _bytes_payload(data, name, mime)
+        return await self._save_data(raw, kind, name, labels, metrics, pin, mime)
+
+    # Blocking twins of the in-memory saves (``arts.sync.save_text/save_json/save_bytes``): the same writes in the
+    # same order, on the calling thread with its own Prefect client, without hops to the portal loop and a worker
+    # thread (#21: a sync task's save costs what the hand-written boto3 PUT + artifact would, plus the index).
+
+    def _save_text_blocking(
+        self, text: str, *, kind: str = "text", name: str | None = None, labels: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None, pin: bool = False, mime: str | None = None,
+    ) -> Artifact:
+        data, mime = _text_payload(text, kind, name, mime)
+        return self._save_data_blocking(data, kind, name, labels, metrics, pin, mime)
+
+    def _save_json_blocking(
+        self, obj: Any, *, kind: str = "json", name: str | None = None, labels: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None, pin: bool = False,
+    ) -> Artifact:
+        return self._save_data_blocking(_json_payload(obj), kind, name, labels, metrics, pin, "application/json",
+                                        json_obj=obj)
+
+    def _save_bytes_blocking(
+        self, data: bytes, *, kind: str = "bytes", name: str | None = None, labels: dict[str, Any] | None = None,
+        metrics: dict[str, float] | None = None, pin: bool = False, mime: str | None = None,
+    ) -> Artifact:
+        raw, mime = _bytes_payload(data, name, mime)
+        return self._save_data_blocking(raw, kind, name, labels, metrics, pin, mime)
 
     async def save_file(
         self, path: str | os.PathLike[str], *, kind: str = "file", name: str | None = None,
@@ -323,12 +366,8 @@ class ArtifactsService(ArtifactsCompat, BoundService):
             w._close()
             Path(tmp).unlink(missing_ok=True)
 
-    async def _save_data(
-        self, data: bytes, kind: str, name: str | None, labels: dict[str, Any] | None,
-        metrics: dict[str, float] | None, pin: bool, mime: str | None, json_obj: Any = None,
-    ) -> Artifact:
-        kind, name = _check_kind(kind), _check_name(name)
-        labels, metrics = _check_labels(labels), _check_metrics(metrics)
+    def _data_blob(self, data: bytes, mime: str | None) -> tuple[str, Callable[[], None]]:
+        """(sha256, the write of the blob) of in-memory bytes."""
         sha = hashlib.sha256(data).hexdigest()
         store = self.store
 
@@ -337,8 +376,44 @@ class ArtifactsService(ArtifactsCompat, BoundService):
             # save must never end with a record whose blob does not hash to its id. Same bytes, same key.
             store.put_bytes(blob_key(sha), data, content_type=mime, sha256=sha)
 
+        return sha, blob
+
+    async def _save_data(
+        self, data: bytes, kind: str, name: str | None, labels: dict[str, Any] | None,
+        metrics: dict[str, float] | None, pin: bool, mime: str | None, json_obj: Any = None,
+    ) -> Artifact:
+        kind, name = _check_kind(kind), _check_name(name)
+        labels, metrics = _check_labels(labels), _check_metrics(metrics)
+        sha, blob = self._data_blob(data, mime)
         return await self._commit(sha, len(data), kind, name, labels, metrics, pin, mime, content=data,
                                   json_obj=json_obj, blob=blob)
+
+    def _save_data_blocking(
+        self, data: bytes, kind: str, name: str | None, labels: dict[str, Any] | None,
+        metrics: dict[str, float] | None, pin: bool, mime: str | None, json_obj: Any = None,
+    ) -> Artifact:
+        """Blocking :meth:`_save_data` then :meth:`_commit`: the same writes in the same order (see the module's
+        docstring), on the calling thread."""
+        kind, name = _check_kind(kind), _check_name(name)
+        labels, metrics = _check_labels(labels), _check_metrics(metrics)
+        sha, blob = self._data_blob(data, mime)
+        ctx = self.ctx
+        art = self._record(sha, len(data), kind, name, labels, metrics, pin, mime)
+        index = parts_for(self.store)
+        ref = index.prepare_add(art, blob)
+        pid = publish_sync(art, flow_run_id=ctx.flow_run_id, task_run_id=ctx.task_run_id, content=data,
+                           json_obj=json_obj)
+        if pid is not None:
+            art = art.model_copy(update={"prefect_artifact_id": pid})
+        try:
+            index.commit_add(ref, art)
+        except Exception:
+            if pid is not None:  # no record (or, after an ambiguous error, a repeat of this save will link its own)
+                unpublish_sync(pid)
+            raise
+        if pin:
+            index.write_pin(sha)
+        return art
 
     async def _save_file(
         self, src: Path, kind: str, name: str | None, labels: dict[str, Any] | None,
@@ -368,12 +443,7 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         """Index and publish the bytes ``blob()`` writes (else bytes already in the store): see the module's
         docstring for the order."""
         ctx = self.ctx
-        scope = {"run_id": ctx.run_id, "graph_id": ctx.graph_id, "node_id": ctx.node_id}
-        art = Artifact(
-            artifact_id=sha, uri=self.store.uri(blob_key(sha)), sha256=sha, kind=kind, bytes=size, mime=mime,
-            name=name, labels={**labels, **scope}, metrics=metrics, pinned=bool(pin),
-            created_at=datetime.now(timezone.utc), **scope,
-        )
+        art = self._record(sha, size, kind, name, labels, metrics, pin, mime)
         index = parts_for(self.store)
         ref = await anyio.to_thread.run_sync(lambda: index.prepare_add(art, *([blob] if blob else [])))
         pid = await publish(art, flow_run_id=ctx.flow_run_id, task_run_id=ctx.task_run_id, content=content, json_obj=json_obj)
@@ -388,6 +458,17 @@ class ArtifactsService(ArtifactsCompat, BoundService):
         if pin:
             await anyio.to_thread.run_sync(index.write_pin, sha)
         return art
+
+    def _record(self, sha: str, size: int, kind: str, name: str | None, labels: dict[str, Any],
+                metrics: dict[str, float], pin: bool, mime: str | None) -> Artifact:
+        """The index record of a save in this context (its scope ids are also labels)."""
+        ctx = self.ctx
+        scope = {"run_id": ctx.run_id, "graph_id": ctx.graph_id, "node_id": ctx.node_id}
+        return Artifact(
+            artifact_id=sha, uri=self.store.uri(blob_key(sha)), sha256=sha, kind=kind, bytes=size, mime=mime,
+            name=name, labels={**labels, **scope}, metrics=metrics, pinned=bool(pin),
+            created_at=datetime.now(timezone.utc), **scope,
+        )
 
     # -- loading ------------------------------------------------------------------------
 
@@ -669,6 +750,8 @@ class _ArtifactsSyncView(SyncView):  # type: ignore[type-arg]
     __slots__ = ()
 
     _BLOCKING = ("search", "list", "best", "get_by_id")
+    #: In-memory saves with a blocking twin; the async path when a subclass overrides the save or what it calls.
+    _SAVES = ("save_text", "save_json", "save_bytes")
 
     def __getattr__(self, name: str) -> Any:
         target = self._target
@@ -676,6 +759,15 @@ class _ArtifactsSyncView(SyncView):  # type: ignore[type-arg]
         if name in self._BLOCKING and getattr(cls, name) is getattr(ArtifactsService, name) and (
                 name == "get_by_id" or cls.search is ArtifactsService.search):
             return getattr(target, f"_{name}_blocking")
+        if name in self._SAVES and all(getattr(cls, m) is getattr(ArtifactsService, m)
+                                       for m in (name, "_save_data", "_commit")):
+            fast = getattr(target, f"_{name}_blocking")
+
+            @functools.wraps(getattr(target, name))
+            def blocking(*args: Any, **kwargs: Any) -> Any:
+                return fast(*args, **legacy_save_keywords(kwargs))
+
+            return blocking
         return super().__getattr__(name)
 
 

@@ -33,14 +33,21 @@ def _view_of_level(level: str | None, kw: dict[str, Any]) -> None:
     kw["view"] = _LEVEL_TO_VIEW[level]
 
 
-async def _save_legacy(self: Any, fn: Any, *args: Any, suggested_uri: str | None = None,
-                       tags: list[str] | None = None, **kw: Any) -> Any:
-    """``save_text/save_json/save_file(..., suggested_uri=, tags=)``: the uri's file name becomes ``name``."""
+def legacy_save_keywords(kw: dict[str, Any]) -> dict[str, Any]:
+    """A save's keywords with AetherGraph's ``suggested_uri=`` and ``tags=`` mapped onto ``name=`` and ``labels=``."""
+    kw = dict(kw)
+    suggested_uri = kw.pop("suggested_uri", None)
+    tags = kw.pop("tags", None)
     if kw.get("name") is None and suggested_uri is not None:
         kw["name"] = name_from_uri(suggested_uri)
     if tags:
         kw["labels"] = tags_into_labels(kw.get("labels"), tags)
-    return await fn(self, *args, **kw)
+    return kw
+
+
+async def _save_legacy(self: Any, fn: Any, *args: Any, **kw: Any) -> Any:
+    """``save_text/save_json/save_file(..., suggested_uri=, tags=)``: the uri's file name becomes ``name``."""
+    return await fn(self, *args, **legacy_save_keywords(kw))
 
 
 async def _query_legacy(self: Any, fn: Any, *args: Any, filters: dict[str, Any] | None = None,
@@ -168,3 +175,15 @@ class ArtifactsCompat(LegacyKeywords):
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         await super().aclose()  # type: ignore[misc]
+
+    def close_blocking(self) -> bool:
+        """:meth:`aclose` on the calling thread (it removes a folder, nothing more); False if a subclass overrides it.
+
+        Example: ``context.artifacts().close_blocking()  # NodeContext.close_nowait() does this for you``
+        """
+        if type(self).aclose is not ArtifactsCompat.aclose:
+            return False
+        tmp, self._tmp_dir = self._tmp_dir, None
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return True

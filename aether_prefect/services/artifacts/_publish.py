@@ -94,6 +94,34 @@ async def publish(
     )
 
 
+def publish_sync(
+    art: Artifact, *, flow_run_id: str | None, task_run_id: str | None, content: bytes | None = None, json_obj: Any = None
+) -> str | None:
+    """Blocking twin of :func:`publish` on the calling thread's Prefect client."""
+    if not flow_run_id and not task_run_id:
+        return None
+    from aether_prefect._prefect import artifacts as prefect_artifacts
+
+    kind, data = payload(art, content, json_obj)
+    return prefect_artifacts.create_artifact_sync(
+        key=prefect_key(art.name, art.kind), type=kind, description=describe(art), data=data,
+        flow_run_id=flow_run_id, task_run_id=task_run_id,
+    )
+
+
+def unpublish_sync(prefect_artifact_id: str) -> None:
+    """Blocking twin of :func:`unpublish`."""
+    from aether_prefect._prefect import artifacts as prefect_artifacts
+
+    try:
+        prefect_artifacts.delete_artifact_sync(prefect_artifact_id)
+    except Exception as exc:  # noqa: BLE001 - the save's own error is the one to raise
+        import logging
+
+        logging.getLogger("aether_prefect.artifacts").warning(
+            "could not delete Prefect artifact %s of a failed save: %s", prefect_artifact_id, exc)
+
+
 async def unpublish(prefect_artifact_id: str) -> None:
     """Delete a Prefect artifact created for a save whose index write then failed (best effort: a failure is
     logged, and the artifact still points at bytes that exist)."""
@@ -108,4 +136,4 @@ async def unpublish(prefect_artifact_id: str) -> None:
             "could not delete Prefect artifact %s of a failed save: %s", prefect_artifact_id, exc)
 
 
-__all__ = ["describe", "payload", "prefect_key", "publish", "unpublish"]
+__all__ = ["describe", "payload", "prefect_key", "publish", "publish_sync", "unpublish", "unpublish_sync"]

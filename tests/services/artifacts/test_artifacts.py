@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from prefect import flow
 
-from aether_prefect import NodeContext, aether_task, open_session
+from aether_prefect import NodeContext, aether_task, open_session, open_session_sync
 from aether_prefect.blocks import AetherConfig, AetherObjectStore
 from aether_prefect.errors import ArtifactNotFound, IntegrityError, StoreError, ValidationError
 from aether_prefect.services.artifacts._index import REC
@@ -426,6 +426,66 @@ def test_sync_task_uses_sync_view(config: AetherConfig) -> None:
         return work()
 
     assert f() == ("sync text", "line\n")
+
+
+def test_sync_saves_run_on_the_calling_thread(local_config: AetherConfig) -> None:
+    """``arts.sync.save_json/save_text/save_bytes`` in a sync task write the blob, the index and the Prefect artifact
+    on the calling thread (#21: no hop to the portal loop and a worker thread), the add event last, each record
+    linked to its Prefect artifact (a list of records as a table), AetherGraph's keywords mapped as in the async
+    save; a subclass overriding a save takes the async path."""
+    import threading
+
+    from aether_prefect.services.artifacts import ArtifactsService
+
+    puts: list[tuple[int, str]] = []
+
+    class Watched(LocalStore):
+        def put_bytes(self, key: str, data: bytes, **kw: Any) -> Any:
+            puts.append((threading.get_ident(), key))
+            return super().put_bytes(key, data, **kw)
+
+    block = local_config.store
+    state: dict[str, Any] = {}
+
+    class Custom(ArtifactsService):
+        async def save_text(self, text: str, **kw: Any) -> Artifact:  # type: ignore[override]
+            return await super().save_text(text.upper(), **kw)
+
+    @aether_task(config=local_config)
+    def work(*, context: NodeContext) -> None:
+        arts = context.artifacts()
+        arts._store = Watched(block.root, block.prefix)  # type: ignore[union-attr]
+        state["thread"], state["flow_run_id"] = threading.get_ident(), context.flow_run_id
+        state["json"] = arts.sync.save_json([{"a": 1}, {"a": 2}], kind="rows", name="rows.json", tags=["t"])
+        state["text"] = arts.sync.save_text("hi", suggested_uri="./notes/hello.md")
+        state["bytes"] = arts.sync.save_bytes(b"\x00\x01", labels={"k": 1})
+        state["puts"] = list(puts)
+        custom = Custom(context)
+        custom._store = arts._store
+        state["custom"] = custom.sync.save_text("quiet")
+
+    @flow
+    def f() -> None:
+        work()
+
+    f()
+    calls = state["puts"]
+    assert calls and {t for t, _ in calls} == {state["thread"]}, "every write on the calling thread"
+    adds = [i for i, (_, k) in enumerate(calls) if "/index/v2/run/" in k]
+    assert len(adds) == 3
+    before_first_add = [k for _, k in calls[:adds[0]]]
+    assert blob_key(state["json"].sha256) in before_first_add  # the blob before its add event
+    assert any(t != state["thread"] for t, k in puts[len(calls):])  # the override went through the portal
+    assert state["text"].name == "hello.md" and state["json"].labels["tags"] == ["t"]
+    assert state["bytes"].labels["k"] == 1 and state["custom"].sha256 == hashlib.sha256(b"QUIET").hexdigest()
+    import anyio
+
+    found = {str(a.id): a for a in anyio.run(_prefect_artifacts, state["flow_run_id"])}
+    assert set(found) == {state[k].prefect_artifact_id for k in ("json", "text", "bytes", "custom")}
+    assert found[state["json"].prefect_artifact_id].type == "table"
+    with open_session_sync(config=local_config, graph_id=state["json"].graph_id, run_id=state["json"].run_id) as ctx:
+        for k in ("json", "text", "bytes"):
+            assert ctx.artifacts().sync.get_by_id(state[k].artifact_id).prefect_artifact_id == state[k].prefect_artifact_id
 
 
 async def test_s3_endpoint_down_mid_flow_then_back(s3_store_block: AetherObjectStore, moto_s3: Any) -> None:
