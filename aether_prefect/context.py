@@ -456,16 +456,31 @@ class NodeContext:
             _log.warning("Prefect events from %r not sent yet; Prefect retries at process exit", self)
 
     def close_nowait(self) -> bool:
-        """Close at once if no service needs an async close (True); else leave it open (False).
+        """Close on the calling thread if no service needs an event loop to close and no Prefect event is waiting
+        to be sent (True); else close what can be closed so (last opened first, as :meth:`aclose`) and leave the
+        rest open (False: call :meth:`close`).
 
-        Saves sync callers a hop to the portal loop when the task used no I/O service.
+        Saves sync callers a hop to the portal loop (#21: a sync task that saved artifacts and counted in the KV).
 
         Example: ``if not context.close_nowait(): context.close()``
         """
-        if any(hasattr(svc, "aclose") for svc in self._owned):
+        from aether_prefect._prefect import events
+
+        remaining = list(self._owned)
+        while remaining:
+            svc = remaining[-1]
+            if hasattr(svc, "aclose"):
+                close = getattr(svc, "close_blocking", None)
+                try:
+                    if close is None or not close():
+                        break
+                except Exception as exc:  # noqa: BLE001 - closing must reach every service
+                    _log.warning("closing %s failed: %s", type(svc).__name__, exc)
+            remaining.pop()
+        self._owned = remaining
+        if remaining or events.pending():
             return False
         self._closed = True
-        self._owned = []
         self._services.clear()
         return True
 

@@ -397,3 +397,46 @@ def test_keyword_overload_carries_every_task_keyword_and_ours() -> None:
     assert prefect_keywords <= set(keyword.parameters), prefect_keywords - set(keyword.parameters)
     assert KNOWN_OVERRIDES <= set(keyword.parameters), KNOWN_OVERRIDES - set(keyword.parameters)
     assert keyword.parameters["retries"].default is inspect.signature(task).parameters["retries"].default
+
+
+def test_sync_task_closes_on_its_own_thread_unless_a_service_needs_the_loop(
+    local_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sync task whose services close without an event loop (artifacts, a KV with no increment in flight) closes
+    its context on its own thread (#21: no hop to the portal when each task ends), the artifacts' temp folder
+    removed; one that queued Prefect events (a memory record) still closes through aclose, which sends them."""
+    from pathlib import Path
+
+    from aether_prefect import task as task_module
+    from aether_prefect._prefect import events
+
+    hops: list[str] = []
+    real_run_sync = task_module.run_sync
+
+    def counting_run_sync(coro: Any) -> Any:
+        hops.append(coro.__qualname__)
+        return real_run_sync(coro)
+
+    monkeypatch.setattr(task_module, "run_sync", counting_run_sync)
+    seen: dict[str, Any] = {}
+
+    @aether_task(config=local_config)
+    def quiet(*, context: NodeContext) -> None:
+        arts = context.artifacts()
+        seen["tmp"] = Path(arts.sync.tmp_path(".txt")).parent
+        arts.sync.save_text("x")
+        assert context.kv().sync.incr("n") >= 1
+        seen["quiet"] = context
+
+    @aether_task(config=local_config)
+    def noisy(*, context: NodeContext) -> None:
+        context.memory().sync.record("note", {"a": 1})
+        seen["noisy"] = context
+
+    events.flush()
+    quiet()
+    assert seen["tmp"].is_dir() is False and seen["quiet"].closed
+    assert not [h for h in hops if h.endswith("_finish")]
+    noisy()
+    assert seen["noisy"].closed and [h for h in hops if h.endswith("_finish")] == ["_finish"]
+    assert not events.pending()  # aclose sent the memory mirror's event
