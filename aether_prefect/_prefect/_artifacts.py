@@ -70,8 +70,10 @@ async def delete_artifact(artifact_id: str) -> None:
     await with_client(call)
 
 
-async def read_artifacts(*, flow_run_id: str, type: str | None = None, key: str | None = None) -> list[Any]:
-    """Every artifact of a flow run (optionally of one type or key), paging through 200 at a time."""
+async def read_artifacts(*, flow_run_id: str, type: str | None = None, key: str | None = None,
+                         unkeyed: bool = False) -> list[Any]:
+    """Every artifact of a flow run (optionally of one type or key, or only those without a key), paging through
+    200 at a time."""
     from prefect.client.schemas.filters import (
         ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey, ArtifactFilterType,
     )
@@ -79,7 +81,7 @@ async def read_artifacts(*, flow_run_id: str, type: str | None = None, key: str 
     flt = ArtifactFilter(
         flow_run_id=ArtifactFilterFlowRunId(any_=[_uuid(flow_run_id)]),
         type=ArtifactFilterType(any_=[type]) if type else None,
-        key=ArtifactFilterKey(any_=[key]) if key else None,
+        key=ArtifactFilterKey(any_=[key]) if key else (ArtifactFilterKey(exists_=False) if unkeyed else None),
     )
     out: list[Any] = []
     offset = 0

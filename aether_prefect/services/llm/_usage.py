@@ -198,10 +198,13 @@ def _rows_of(data: Any) -> list[UsageRow]:
 
 
 async def read_task_tables(flow_run_id: str) -> list[list[UsageRow]]:
-    """The usage tables that contexts of this flow run published (task runs and the flow body)."""
+    """The usage tables that contexts of this flow run published (task runs and the flow body).
+
+    They have no key, so only unkeyed tables are read (#21: the roll-up at the end of every @aether_flow no longer
+    downloads the run's keyed tables, e.g. every ``save_json`` of a list of records)."""
     from aether_prefect._prefect import artifacts as prefect_artifacts
 
-    found = await prefect_artifacts.read_artifacts(flow_run_id=flow_run_id, type="table")
+    found = await prefect_artifacts.read_artifacts(flow_run_id=flow_run_id, type="table", unkeyed=True)
     return [_rows_of(art.data) for art in found if (art.metadata_ or {}).get(MARK_KEY) == TASK_MARK]
 
 

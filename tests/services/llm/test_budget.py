@@ -224,6 +224,32 @@ def test_publish_flow_usage_from_plain_flow(llm_server: FakeOpenAI, local_config
     assert "llm-usage-plain-flow-usage" in keys
 
 
+def test_rollup_reads_only_the_unkeyed_tables(llm_server: FakeOpenAI, local_config: AetherConfig) -> None:
+    """The roll-up at the end of an @aether_flow reads only the run's tables without a key (#21): the task usage
+    tables have none, so the run's saved lists of records (keyed tables) are not downloaded again; sums unchanged."""
+    from aether_prefect import read_flow_usage
+    from aether_prefect._prefect import artifacts as prefect_artifacts
+
+    cfg = _cfg(llm_server, local_config)
+
+    @aether_task(config=cfg)
+    def t(*, context: NodeContext) -> None:
+        context.llm().sync.chat("hello")
+        context.artifacts().sync.save_json([{"row": i} for i in range(3)], kind="rows", name="rows")
+
+    @aether_flow(name="rollup-unkeyed", config=cfg)
+    def f(*, context: NodeContext) -> str:
+        t()
+        return str(context.flow_run_id)
+
+    flow_run_id = f()
+    tables = run(prefect_artifacts.read_artifacts(flow_run_id=flow_run_id, type="table"))
+    unkeyed = run(prefect_artifacts.read_artifacts(flow_run_id=flow_run_id, type="table", unkeyed=True))
+    assert sorted(str(a.key) for a in tables) == ["None", "llm-usage-rollup-unkeyed", "rows"]
+    assert [a.key for a in unkeyed] == [None] and (unkeyed[0].metadata_ or {}).get("aether_prefect") == TASK_MARK
+    assert [(r.profile, r.calls) for r in run(read_flow_usage(flow_run_id))] == [("default", 1)]
+
+
 def test_exchange_log_masks_secrets(llm_server: FakeOpenAI, local_config: AetherConfig) -> None:
     header_secret = "hdr-secret-value-98765"
     store_secret = "store-secret-abcdef-4321"
