@@ -21,6 +21,8 @@ from aether_prefect.budgets import LLMBudget
 from aether_prefect.errors import ServiceNotConfigured
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from aether_prefect.services.stores.base import ObjectStore
 
 _log = logging.getLogger("aether_prefect")
@@ -115,7 +117,7 @@ class NodeContext:
         run_id: str,
         graph_id: str,
         node_id: str,
-        config: AetherConfig,
+        config: "AetherConfig | Future[AetherConfig]",
         overrides: RuntimeOverrides | None = None,
         session_id: str | None = None,
         flow_run_id: str | None = None,
@@ -152,16 +154,23 @@ class NodeContext:
 
     @property
     def config(self) -> AetherConfig:
-        """The resolved AetherConfig this context was built from."""
-        return self._config
+        """The resolved AetherConfig this context was built from.
+
+        A flow's context may be built while its saved config still loads (``config.prefetch_config``): the first
+        use waits for it here (and raises the load's error, e.g. ConfigError).
+        """
+        cfg = self._config
+        if not isinstance(cfg, AetherConfig):
+            cfg = self._config = cfg.result()
+        return cfg
 
     @property
     def memory_level(self) -> str:
-        return self.overrides.memory_level or self._config.memory_level
+        return self.overrides.memory_level or self.config.memory_level
 
     @property
     def kv_namespace(self) -> str:
-        return self.overrides.kv_namespace or self._config.kv_namespace
+        return self.overrides.kv_namespace or self.config.kv_namespace
 
     @property
     def max_concurrency(self) -> int | None:
@@ -190,7 +199,7 @@ class NodeContext:
             return open_store(ov)
         from aether_prefect.config import store_config
 
-        return open_store(store_config(self._config))
+        return open_store(store_config(self.config))
 
     # -- service cache -------------------------------------------------------
 
@@ -264,7 +273,7 @@ class NodeContext:
         from aether_prefect._registration import registered_llm
         from aether_prefect.config import llm_profile
 
-        return registered_llm(profile) or llm_profile(self._config, profile)
+        return registered_llm(profile) or llm_profile(self.config, profile)
 
     def _llm_profiles_in_effect(self) -> list[str]:
         """Every LLM profile name this context resolves, with where an implicit one comes from."""
@@ -272,14 +281,14 @@ class NodeContext:
 
         from aether_prefect._registration import registered_llm_names
 
-        names = set(self._config.llm) | set(self._llm_keys) | set(registered_llm_names())
+        names = set(self.config.llm) | set(self._llm_keys) | set(registered_llm_names())
         ov = self.overrides.llm
         if isinstance(ov, dict):
             names |= set(ov)
         elif isinstance(ov, AetherLLMProfile):
             names.add("default")
         labels = {n: n for n in names}
-        if "default" not in names and llm_profile(self._config, "default") is not None:
+        if "default" not in names and llm_profile(self.config, "default") is not None:
             labels["default"] = "default (from OPENAI_API_KEY / OPENAI_BASE_URL)"
         return [labels[n] for n in sorted(labels)]
 
@@ -365,7 +374,7 @@ class NodeContext:
         from aether_prefect._registration import registered_mcp
 
         ov = self.overrides.mcp
-        servers = {**self._config.mcp, **registered_mcp()}
+        servers = {**self.config.mcp, **registered_mcp()}
         if isinstance(ov, AetherMCPServer):
             servers["default"] = ov
         elif isinstance(ov, dict):

@@ -9,13 +9,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aether_prefect._overrides import RuntimeOverrides, parse_overrides
 from aether_prefect._prefect import current_run_ids
 from aether_prefect.blocks import AetherConfig
 from aether_prefect.config import aresolve_config
 from aether_prefect.context import NodeContext, _reset_current, _set_current
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 def new_run_id() -> str:
@@ -41,10 +44,10 @@ async def make_context(
 
 
 def context_for(
-    config: AetherConfig, *, run_id: str | None, graph_id: str, node_id: str, overrides: RuntimeOverrides,
-    use_run_names: bool = False,
+    config: "AetherConfig | Future[AetherConfig]", *, run_id: str | None, graph_id: str, node_id: str,
+    overrides: RuntimeOverrides, use_run_names: bool = False,
 ) -> NodeContext:
-    """A NodeContext for the current place from an already resolved config (no I/O)."""
+    """A NodeContext for the current place from an already resolved config, or one still loading (no I/O)."""
     ids = current_run_ids()
     if use_run_names:
         graph_id = ids.flow_name or graph_id

@@ -20,7 +20,7 @@ from aether_prefect._sync import run_sync
 from aether_prefect.blocks import AetherConfig
 from aether_prefect.budgets import LLMBudget
 from aether_prefect.context import NodeContext, _reset_current, _set_current
-from aether_prefect.config import cached_config
+from aether_prefect.config import cached_config, prefetch_config
 from aether_prefect.session import context_for, make_context
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,6 +103,11 @@ def _wrap(fn: Callable[..., Any], overrides: RuntimeOverrides, kind: str) -> Cal
 
     def _build_sync() -> NodeContext:
         config = cached_config(overrides.config)
+        if config is None and kind == "flow" and not isinstance(overrides.config, AetherConfig):
+            # A flow's body starts while its saved config loads on a thread of its own (its tasks and Dask
+            # cluster start meanwhile); the context's first use of the config waits for it.
+            return context_for(prefetch_config(overrides.config), run_id=None, graph_id="adhoc", node_id=node_default,
+                               overrides=overrides, use_run_names=True)
         if config is None:  # first use in this process, or the refresh period ran out: load on the portal
             return run_sync(_build())
         return context_for(config, run_id=None, graph_id="adhoc", node_id=node_default, overrides=overrides,
@@ -252,6 +257,8 @@ def _task_source(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 async def _finish(ctx: NodeContext, kind: str) -> None:
     await ctx.aclose()
+    if kind == "flow":
+        ctx.config  # noqa: B018 - a config that failed to load fails the flow, even if its body never used it
     if kind == "flow" and ctx.flow_run_id:
         from aether_prefect.services.llm._usage import publish_flow_usage
 

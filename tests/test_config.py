@@ -124,3 +124,41 @@ def test_llm_override_beats_config() -> None:
         return ctx.llm_profile().model  # type: ignore[union-attr]
 
     assert asyncio.run(go()) == "ov-model"
+
+
+def test_sync_flow_body_starts_while_its_saved_config_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync @aether_flow starts its body while its saved config loads on a thread of its own (#21: the block read
+    no longer delays a flow's first task); the first use of the config waits for it; a config that fails to load
+    still fails the flow with ConfigError, even when the body never used it."""
+    import threading
+
+    from aether_prefect import NodeContext, aether_flow
+    from aether_prefect import config as config_module
+
+    name = _name()
+    AetherConfig(kv_namespace="prefetched").save(name)
+    body_started = threading.Event()
+    seen: dict[str, object] = {}
+    real_load = config_module._load_saved
+
+    async def load_after_the_body_started(block: str, *, missing_ok: bool) -> object:
+        import anyio
+
+        seen["body_first"] = await anyio.to_thread.run_sync(body_started.wait, 20)
+        return await real_load(block, missing_ok=missing_ok)
+
+    monkeypatch.setattr(config_module, "_load_saved", load_after_the_body_started)
+
+    @aether_flow(config=name)
+    def f(*, context: NodeContext) -> str:
+        body_started.set()
+        return context.kv_namespace
+
+    assert f() == "prefetched" and seen["body_first"] is True
+
+    @aether_flow(config="nope-missing-" + uuid.uuid4().hex[:6])
+    def g(*, context: NodeContext) -> int:
+        return 1
+
+    with pytest.raises(ConfigError, match="No saved AetherConfig block named"):
+        g()
