@@ -46,6 +46,26 @@ def prefect_server() -> PrefectServer:
 
 
 @pytest.fixture()
+def portal_hops(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """``watch(module)`` -> the list of coroutines (by qualname) that ``module`` sends to the portal loop through its
+    ``run_sync`` from then on; they still run. Shows which sync calls stay on the calling thread."""
+    from typing import Any
+
+    def watch(module: Any) -> list[str]:
+        hops: list[str] = []
+        real = module.run_sync
+
+        def counting(coro: Any) -> Any:
+            hops.append(coro.__qualname__)
+            return real(coro)
+
+        monkeypatch.setattr(module, "run_sync", counting)
+        return hops
+
+    return watch
+
+
+@pytest.fixture()
 def tmp_store(tmp_path: Path):  # type: ignore[no-untyped-def]
     """An AetherObjectStore block on a fresh local directory."""
     from aether_prefect.blocks import AetherObjectStore

@@ -400,7 +400,7 @@ def test_keyword_overload_carries_every_task_keyword_and_ours() -> None:
 
 
 def test_sync_task_closes_on_its_own_thread_unless_a_service_needs_the_loop(
-    local_config: Any, monkeypatch: pytest.MonkeyPatch
+    local_config: Any, portal_hops: Any
 ) -> None:
     """A sync task whose services close without an event loop (artifacts, a KV with no increment in flight) closes
     its context on its own thread (#21: no hop to the portal when each task ends), the artifacts' temp folder
@@ -410,14 +410,7 @@ def test_sync_task_closes_on_its_own_thread_unless_a_service_needs_the_loop(
     from aether_prefect import task as task_module
     from aether_prefect._prefect import events
 
-    hops: list[str] = []
-    real_run_sync = task_module.run_sync
-
-    def counting_run_sync(coro: Any) -> Any:
-        hops.append(coro.__qualname__)
-        return real_run_sync(coro)
-
-    monkeypatch.setattr(task_module, "run_sync", counting_run_sync)
+    hops = portal_hops(task_module)
     seen: dict[str, Any] = {}
 
     @aether_task(config=local_config)

@@ -12,6 +12,19 @@ def _uuid(value: str | UUID | None) -> UUID | None:
     return None if value is None else (value if isinstance(value, UUID) else UUID(str(value)))
 
 
+def _artifact_create(
+    type: str, data: Any, description: str | None, key: str | None, flow_run_id: str | None,
+    task_run_id: str | None, metadata: dict[str, str] | None,
+) -> Any:
+    """Prefect's ``ArtifactCreate`` action for :func:`create_artifact` and its blocking twin."""
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    return ArtifactCreate(
+        key=key, type=type, data=data, description=description, metadata_=metadata,
+        flow_run_id=_uuid(flow_run_id), task_run_id=_uuid(task_run_id),
+    )
+
+
 async def create_artifact(
     *,
     type: str,
@@ -23,12 +36,7 @@ async def create_artifact(
     metadata: dict[str, str] | None = None,
 ) -> str:
     """Create one artifact (``markdown``, ``table``, ``link``...) attached to the given runs; returns its id."""
-    from prefect.client.schemas.actions import ArtifactCreate
-
-    artifact = ArtifactCreate(
-        key=key, type=type, data=data, description=description, metadata_=metadata,
-        flow_run_id=_uuid(flow_run_id), task_run_id=_uuid(task_run_id),
-    )
+    artifact = _artifact_create(type, data, description, key, flow_run_id, task_run_id, metadata)
 
     async def call(client: Any) -> str:
         return str((await client.create_artifact(artifact=artifact)).id)
@@ -47,12 +55,7 @@ def create_artifact_sync(
     metadata: dict[str, str] | None = None,
 ) -> str:
     """Blocking twin of :func:`create_artifact` on the calling thread's client (no hop to an event loop)."""
-    from prefect.client.schemas.actions import ArtifactCreate
-
-    artifact = ArtifactCreate(
-        key=key, type=type, data=data, description=description, metadata_=metadata,
-        flow_run_id=_uuid(flow_run_id), task_run_id=_uuid(task_run_id),
-    )
+    artifact = _artifact_create(type, data, description, key, flow_run_id, task_run_id, metadata)
     return with_sync_client(lambda client: str(client.create_artifact(artifact=artifact).id))
 
 

@@ -511,19 +511,12 @@ def test_stalled_holder_never_writes_after_its_lease(local_config: AetherConfig,
     assert final == len(ok) and sorted(ok) == list(range(1, final + 1))
 
 
-def test_sync_twins_of_small_values_skip_the_portal(kv: PrefectKV, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_twins_of_small_values_skip_the_portal(kv: PrefectKV, portal_hops: Any) -> None:
     """kv.sync get/exists/set/delete of small values send their request on the calling thread (as raw
     Variable.get does); a large value, expired or not, still goes through the async path (the object store)."""
     from aether_prefect.services import kv as kv_module
 
-    hops: list[str] = []
-    real_run_sync = kv_module.run_sync
-
-    def counting_run_sync(coro: Any) -> Any:
-        hops.append(coro.__qualname__)
-        return real_run_sync(coro)
-
-    monkeypatch.setattr(kv_module, "run_sync", counting_run_sync)
+    hops = portal_hops(kv_module)
     kv.sync.set("small", {"n": 1})
     kv.sync.set("small", {"n": 2})  # overwrite: PATCH
     kv.sync.set("short", "v", ttl_s=0.01)
@@ -545,7 +538,7 @@ def test_sync_twins_of_small_values_skip_the_portal(kv: PrefectKV, monkeypatch: 
     assert list(kv._store_().list_keys(f"kv/{kv.namespace}/")) == []  # no blob left behind
 
 
-def test_sync_incr_with_a_free_lock_stays_on_the_calling_thread(kv: PrefectKV, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sync_incr_with_a_free_lock_stays_on_the_calling_thread(kv: PrefectKV, portal_hops: Any) -> None:
     """kv.sync.incr takes a free lock, reads, writes and releases on the calling thread (#21: a sync task's
     counter no longer hops to the portal loop and back); when the lock is held it takes the async path, which
     waits for the lock, and every increment still counts exactly once; the lock is never left behind."""
@@ -554,14 +547,7 @@ def test_sync_incr_with_a_free_lock_stays_on_the_calling_thread(kv: PrefectKV, m
     from aether_prefect._prefect import variables as prefect_variables
     from aether_prefect.services import kv as kv_module
 
-    hops: list[str] = []
-    real_run_sync = kv_module.run_sync
-
-    def counting_run_sync(coro: Any) -> Any:
-        hops.append(coro.__qualname__)
-        return real_run_sync(coro)
-
-    monkeypatch.setattr(kv_module, "run_sync", counting_run_sync)
+    hops = portal_hops(kv_module)
     lock_name = kv_names.variable_name(kv.namespace, "n", kv_names.LOCK_KIND)
     assert [kv.sync.incr("n") for _ in range(3)] == [1, 2, 3]
     assert kv.sync.incr("n", 0.5) == 3.5 and hops == [] and raw_read(lock_name) is None
