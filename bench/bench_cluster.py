@@ -28,7 +28,8 @@ follows that CPU (shard ratio 1.4-1.5 at load 3-4), not its round trips. The syn
 close now run on the task's thread (no hops to the portal loop), and a flow starts its body while its config
 loads (see the commits of #21 on 2026-12-05). 12 rounds at 19:33 UTC that day, load 2.3-5.5: median paired flow
 ratio 1.11 (interval 1.06-1.16), pooled flow medians 5.79 s / 5.22 s, shard 1.46 (250 / 188 ms); again at 19:40,
-load 2.4-4.0: 1.097 (1.06-1.14), 6.60 s / 6.06 s, shard 1.27; scale/README.md keeps every run.
+load 2.4-4.0: 1.097 (1.06-1.14), 6.60 s / 6.06 s, shard 1.27; at 19:50, alone on the machine, load 3.0-4.2: 1.058
+(1.01-1.10), 6.38 s / 5.97 s, shard 1.36; scale/README.md keeps every run.
 """
 
 from __future__ import annotations
